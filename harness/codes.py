@@ -1,0 +1,16 @@
+"""Exit codes the harness entry point uses, so a runner can classify without parsing text.
+
+Torch-free: the worker imports it.
+"""
+
+OK = 0
+CRASH = 1  # an exception in the candidate or a failed check (the traceback is in the log)
+USAGE = 2  # the entry point was called wrongly: an infrastructure fault, not the candidate's
+OOM = 3  # CUDA out of memory or MemoryError
+NAN = 4  # non-finite logits or a non-finite val_bpb
+OVERTIME = 5  # train() returned after the deadline plus the grace
+
+STATUS_BY_CODE = {OK: "ok", CRASH: "crash", OOM: "oom", NAN: "nan", OVERTIME: "overtime"}
+
+# Lines starting with this prefix carry live metrics from ctx.log() as one JSON object.
+METRICS_PREFIX = "@metrics "

@@ -1,0 +1,239 @@
+"""The ``http`` data source: parquet text shards fetched by URL pattern.
+
+Preparing data is the one step that touches the network. It runs once per host, often over
+links that drop, and its output is fingerprinted into every result. So each shard is fetched
+with retries, resumed from its ``.part`` file, renamed into place only when complete, and
+pinned by its sha256 in ``checksums.json``: a rerun fetches nothing it already has, repairs
+what got corrupted, and refuses a source that silently changed. Stdlib HTTP only (urllib),
+so the harness gains no dependency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from http.client import HTTPException
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DEFAULT_URL_PATTERN = (
+    "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main/"
+    "shard_{i:05d}.parquet"
+)
+DEFAULT_VAL_SHARD = 6542
+DEFAULT_TEXT_COLUMN = "text"
+CHECKSUMS = "checksums.json"
+
+_CHUNK = 1 << 20
+_MAX_BACKOFF_S = 60.0
+_USER_AGENT = "autoresearch-prepare"
+
+
+class DownloadError(RuntimeError):
+    """A shard could not be fetched or is not what it should be; the message names it."""
+
+
+class _Retryable(Exception):
+    """A failure that another attempt may cure: network, timeout, 5xx, 429, short body."""
+
+
+def shard_name(i: int) -> str:
+    """Local file name of shard ``i``; fixed, so it never depends on the URL's shape."""
+    return f"shard_{i:05d}.parquet"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json_atomic(path: Path, data: dict[str, str]) -> None:
+    """Write then rename, so a crash never leaves a half-written checksums file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _range_start(content_range: str) -> int | None:
+    """First byte of a ``Content-Range: bytes a-b/n`` header, None if unparsable."""
+    try:
+        return int(content_range.split()[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def _attempt(url: str, part: Path, timeout_s: float) -> None:
+    """One GET into ``part``, resuming from its size; raises _Retryable or DownloadError."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": _USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        resp = urllib.request.urlopen(request, timeout=timeout_s)
+    except urllib.error.HTTPError as e:
+        e.close()
+        if e.code == 416 and offset:  # the .part is longer than the file: start over
+            part.unlink()
+            raise _Retryable(f"HTTP 416 for a range from byte {offset}") from e
+        if e.code == 429 or e.code >= 500:
+            raise _Retryable(f"HTTP {e.code} {e.reason}") from e
+        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from e
+    except (OSError, HTTPException) as e:  # URLError, refused, reset, timeout
+        raise _Retryable(repr(e)) from e
+    with resp:
+        if resp.status == 206:
+            if _range_start(resp.headers.get("Content-Range", "")) != offset:
+                part.unlink()  # a range we did not ask for cannot be appended
+                raise _Retryable("server answered a different range")
+            mode = "ab"
+        else:  # 200: the server ignored the range, so the body is the whole file
+            offset, mode = 0, "wb"
+        length = resp.headers.get("Content-Length")
+        try:
+            with part.open(mode) as f:
+                while chunk := resp.read(_CHUNK):
+                    f.write(chunk)
+        except (OSError, HTTPException) as e:
+            raise _Retryable(repr(e)) from e
+    # urllib returns a short body silently when the connection drops: check it ourselves.
+    got = part.stat().st_size - offset
+    if length is not None and got != int(length):
+        raise _Retryable(f"got {got} of {length} bytes")
+
+
+def _fetch(url: str, final: Path, retries: int, backoff_s: float, timeout_s: float) -> None:
+    """Download ``url`` to ``final`` via ``final.part``, retrying with exponential backoff."""
+    part = final.with_name(final.name + ".part")
+    last: Exception | None = None
+    for attempt in range(retries + 1):
+        try:
+            _attempt(url, part, timeout_s)
+        except _Retryable as e:
+            last = e
+            if attempt < retries:
+                delay = min(backoff_s * 2**attempt, _MAX_BACKOFF_S)
+                time.sleep(delay + random.uniform(0, backoff_s / 2))
+            continue
+        os.replace(part, final)  # atomic: a final name always holds a whole file
+        return
+    raise DownloadError(f"{url}: failed after {retries + 1} attempts: {last}")
+
+
+def download_shards(
+    url_pattern: str,
+    indices: Sequence[int],
+    dest: Path,
+    *,
+    workers: int = 8,
+    retries: int = 5,
+    backoff_s: float = 1.0,
+    timeout_s: float = 60.0,
+    on_done: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Fetch shards ``url_pattern.format(i=i)`` into ``dest`` and return their records.
+
+    Returns ``[{"index", "url", "file", "bytes", "sha256"}]`` sorted by index (duplicates
+    dropped). ``retries`` counts attempts after the first. A file whose sha256 matches
+    ``dest/checksums.json`` is kept without a request; a mismatch is fetched again; a file
+    without a record is adopted. ``on_done(record)`` runs in the calling thread, once per
+    shard as it completes (before the final parquet check), so callers need no locking.
+    Raises DownloadError on a 4xx, exhausted retries, a source whose bytes differ from
+    the recorded sha256, or a file that is not readable parquet (removed for a refetch).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    sums_path = dest / CHECKSUMS
+    sums: dict[str, str] = json.loads(sums_path.read_text()) if sums_path.exists() else {}
+    lock = threading.Lock()
+
+    def record(name: str, digest: str | None) -> None:
+        with lock:
+            if digest is None:
+                sums.pop(name, None)
+            else:
+                sums[name] = digest
+            _write_json_atomic(sums_path, sums)
+
+    def one(i: int) -> dict:
+        url, name = url_pattern.format(i=i), shard_name(i)
+        final = dest / name
+        with lock:
+            known = sums.get(name)
+        if final.exists():
+            digest = _sha256(final)
+            if known is None:
+                record(name, digest)
+            elif digest != known:
+                final.unlink()
+        if not final.exists():
+            _fetch(url, final, retries, backoff_s, timeout_s)
+            digest = _sha256(final)
+            if known is not None and digest != known:
+                final.unlink()
+                raise DownloadError(
+                    f"{url}: sha256 {digest} differs from {known} recorded in {CHECKSUMS};"
+                    " if the source really changed, delete that entry"
+                )
+            record(name, digest)
+        size = final.stat().st_size
+        return {"index": i, "url": url, "file": name, "bytes": size, "sha256": digest}
+
+    wanted = sorted(set(indices))
+    done: dict[int, dict] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(one, i) for i in wanted]
+        try:
+            for future in as_completed(futures):
+                rec = future.result()
+                done[rec["index"]] = rec
+                if on_done is not None:
+                    on_done(rec)
+        except BaseException:
+            for future in futures:  # fail fast: start nothing new, let running ones end
+                future.cancel()
+            raise
+    results = [done[i] for i in wanted]
+
+    bad = []
+    for rec in results:
+        path = dest / rec["file"]
+        try:
+            with pq.ParquetFile(path):
+                pass
+        except (pa.ArrowException, OSError, ValueError) as e:
+            bad.append(f"{rec['url']} ({e})")
+            path.unlink(missing_ok=True)
+            record(rec["file"], None)
+    if bad:
+        raise DownloadError("not readable parquet (removed, a rerun refetches): " + "; ".join(bad))
+    return results
+
+
+def iter_parquet_texts(
+    paths: Sequence[Path], column: str = DEFAULT_TEXT_COLUMN, batch_rows: int = 1024
+) -> Iterator[str]:
+    """Yield ``column`` row by row, in file then row order; null rows are skipped.
+
+    Streams record batches, so memory stays at one batch whatever the shard size.
+    """
+    for path in paths:
+        with pq.ParquetFile(path) as pf:
+            if column not in pf.schema_arrow.names:
+                raise ValueError(f"{path}: no column {column!r} (has {pf.schema_arrow.names})")
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=[column]):
+                for text in batch.column(0).to_pylist():
+                    if text is not None:
+                        yield text

@@ -1,0 +1,228 @@
+"""Prepare data once per host: read text, train the tokenizer, write token shards + manifest.
+
+Two sources. `local`: a folder of text files (offline; the demo reads the standard
+library's own source, which every machine with Python has, so its numbers repeat).
+`http`: parquet shards fetched by URL pattern (see harness.download). Shards are flat uint16
+token arrays in which every document starts with BOS, the anchor the loader packs on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import shutil
+import sysconfig
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from harness import manifest as mf
+from harness import tokenizer as tk
+from harness.profiles import Profile
+
+LOCAL_PATTERNS = ("*.py", "*.txt", "*.md", "*.rst")
+# Long files are split into documents at blank lines so a row of seq_len tokens sees more
+# than file headers.
+MAX_DOC_CHARS = 2000
+# Share of local documents (by a hash of their path) held out for validation.
+LOCAL_VAL_EVERY = 20
+TRAIN_SHARD_TOKENS = 100_000_000
+# Installed packages are not part of the demo corpus: they differ between machines.
+SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+
+Emit = Callable[..., None]
+
+
+def default_local_dir() -> Path:
+    """The demo corpus: this Python's standard library source."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def split_document(text: str, max_chars: int = MAX_DOC_CHARS) -> Iterator[str]:
+    """Cut text at blank lines into pieces of at most about max_chars (a paragraph may exceed)."""
+    piece: list[str] = []
+    size = 0
+    for para in text.split("\n\n"):
+        if piece and size + len(para) > max_chars:
+            yield "\n\n".join(piece)
+            piece, size = [], 0
+        piece.append(para)
+        size += len(para) + 2
+    if piece and (joined := "\n\n".join(piece)).strip():
+        yield joined
+
+
+def local_documents(
+    folder: Path, patterns: Sequence[str] = LOCAL_PATTERNS
+) -> Iterator[tuple[str, str]]:
+    """(relative path, document) pairs in a stable order, unreadable files skipped."""
+    files = sorted(
+        {
+            p
+            for pat in patterns
+            for p in folder.rglob(pat)
+            if p.is_file() and not SKIP_DIRS & set(p.parts)
+        }
+    )
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        rel = path.relative_to(folder).as_posix()
+        for doc in split_document(text):
+            yield rel, doc
+
+
+def _is_val(rel: str) -> bool:
+    return int(hashlib.sha1(rel.encode()).hexdigest(), 16) % LOCAL_VAL_EVERY == 0
+
+
+def _write_tokens(path: Path, arrays: Iterable[np.ndarray], limit: int | None = None) -> int:
+    """Append token arrays to a flat uint16 file (atomically), cropping at limit tokens."""
+    tmp = path.with_suffix(".tmp")
+    n = 0
+    with open(tmp, "wb") as fh:
+        for arr in arrays:
+            if limit is not None and n + len(arr) > limit:
+                arr = arr[: limit - n]
+            fh.write(arr.tobytes())
+            n += len(arr)
+            if limit is not None and n >= limit:
+                break
+    tmp.replace(path)
+    return n
+
+
+def _shard_record(path: Path, root: Path, tokens: int) -> dict:
+    return {
+        "file": path.relative_to(root).as_posix(),
+        "tokens": tokens,
+        "sha256": mf.sha256_file(path),
+    }
+
+
+def _take_chars(docs: Iterable[str], limit: int) -> Iterator[str]:
+    total = 0
+    for doc in docs:
+        if total >= limit:
+            return
+        total += len(doc)
+        yield doc
+
+
+def prepare(
+    data_dir: Path,
+    profile: Profile,
+    *,
+    source: str = "local",
+    local_dir: Path | None = None,
+    url_pattern: str | None = None,
+    train_shards: int = 8,
+    val_shard: int | None = None,
+    text_column: str = "text",
+    workers: int = 8,
+    emit: Emit | None = None,
+) -> dict:
+    """Build a prepared data folder and return its manifest (with the fingerprint)."""
+    emit = emit or (lambda event, **kw: None)
+    data_dir = Path(data_dir)
+    for sub in (mf.TOKENIZER_DIR, mf.TRAIN_DIR, mf.VAL_DIR):
+        shutil.rmtree(data_dir / sub, ignore_errors=True)
+        (data_dir / sub).mkdir(parents=True)
+    (data_dir / mf.MANIFEST).unlink(missing_ok=True)
+
+    if source == "local":
+        folder = Path(local_dir) if local_dir else default_local_dir()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"local source folder {folder} does not exist")
+        emit("prepare.read", source="local", folder=str(folder))
+        train_docs: list[str] = []
+        val_docs: list[str] = []
+        for rel, doc in local_documents(folder):
+            (val_docs if _is_val(rel) else train_docs).append(doc)
+        if not train_docs or not val_docs:
+            raise ValueError(f"{folder} holds too few text files to split train and validation")
+        train_iter: Callable[[], Iterable[str]] = lambda: train_docs  # noqa: E731
+        val_iter: Callable[[], Iterable[str]] = lambda: val_docs  # noqa: E731
+        source_info = {
+            "kind": "local",
+            "folder": folder.name,
+            "documents": len(train_docs) + len(val_docs),
+        }
+        train_groups: list[Callable[[], Iterable[str]]] = [train_iter]
+    elif source == "http":
+        from harness import download as dl
+
+        pattern = url_pattern or dl.DEFAULT_URL_PATTERN
+        vshard = dl.DEFAULT_VAL_SHARD if val_shard is None else val_shard
+        indices = [i for i in range(train_shards + 1) if i != vshard][:train_shards]
+        raw = data_dir / "raw"
+        raw.mkdir(exist_ok=True)
+        emit("prepare.download", shards=len(indices) + 1, pattern=pattern)
+        records = dl.download_shards(
+            pattern,
+            [*indices, vshard],
+            raw,
+            workers=workers,
+            on_done=lambda rec: emit("prepare.downloaded", file=rec["file"], bytes=rec["bytes"]),
+        )
+        paths = [raw / r["file"] for r in records]
+        train_paths, val_path = paths[:-1], paths[-1]
+        train_groups = [(lambda p=p: dl.iter_parquet_texts([p], text_column)) for p in train_paths]
+        train_iter = lambda: itertools.chain.from_iterable(g() for g in train_groups)  # noqa: E731
+        val_iter = lambda: dl.iter_parquet_texts([val_path], text_column)  # noqa: E731
+        source_info = {"kind": "http", "url_pattern": pattern, "shards": records}
+    else:
+        raise ValueError(f"unknown source {source!r}; choose local or http")
+
+    emit("prepare.tokenizer", vocab_size=profile.vocab_size, chars=profile.tokenizer_chars)
+    tok = tk.train_tokenizer(_take_chars(train_iter(), profile.tokenizer_chars), profile.vocab_size)
+    tok_path = data_dir / mf.TOKENIZER_DIR / "tokenizer.json"
+    tok.save(str(tok_path))
+    lengths_path = data_dir / mf.TOKENIZER_DIR / "token_bytes.npy"
+    np.save(lengths_path, tk.token_byte_lengths(tok))
+
+    emit("prepare.tokenize", split="val")
+    val_path_out = data_dir / mf.VAL_DIR / "val.bin"
+    n_val = _write_tokens(val_path_out, tk.encode_documents(tok, val_iter()), profile.val_tokens)
+
+    shards: list[dict] = []
+    budget = profile.max_train_tokens
+    for group in train_groups:
+        arrays = tk.encode_documents(tok, group())
+        while budget is None or budget > 0:
+            path = data_dir / mf.TRAIN_DIR / f"train_{len(shards):05d}.bin"
+            cap = TRAIN_SHARD_TOKENS if budget is None else min(budget, TRAIN_SHARD_TOKENS)
+            n = _write_tokens(path, arrays, cap)
+            budget = None if budget is None else budget - n
+            if n == 0:
+                path.unlink()
+                break
+            shards.append(_shard_record(path, data_dir, n))
+            emit("prepare.shard", file=shards[-1]["file"], tokens=n)
+            if n < cap:
+                break
+
+    manifest = {
+        "profile": profile.to_dict(),
+        "source": source_info,
+        "tokenizer": {
+            **_shard_record(tok_path, data_dir, 0),
+            "token_bytes": lengths_path.relative_to(data_dir).as_posix(),
+            "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+            "bos_id": tok.token_to_id(tk.BOS),
+        },
+        "train": shards,
+        "val": _shard_record(val_path_out, data_dir, n_val),
+    }
+    mf.write_manifest(data_dir, manifest)
+    manifest = mf.load_manifest(data_dir)
+    emit(
+        "prepare.done",
+        fingerprint=manifest["fingerprint"],
+        train_tokens=sum(s["tokens"] for s in shards),
+        val_tokens=n_val,
+    )
+    return manifest

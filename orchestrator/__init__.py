@@ -1,0 +1,1 @@
+"""The research loop: propose, validate, record, enqueue, decide. Never imports torch."""

@@ -1,0 +1,449 @@
+"""`autoresearch`: prepare data, run the research loop, serve as a worker, evaluate, status.
+
+Exit codes: 0 done, 1 the run failed (the message says why), 2 bad settings or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator import defaults, logs
+from orchestrator import settings as st
+
+EXAMPLES = """\
+examples:
+  autoresearch prepare                     # cpu profile, local corpus (the stdlib's source)
+  autoresearch run --tag nov28             # the loop, on the embedded defaults
+  autoresearch run --tag nov28 --max-experiments 50 --max-hours 8
+  REDIS_URL=redis://host:6379/0 autoresearch worker --gpu 0
+  autoresearch evaluate workspace/train.py --json
+  autoresearch status --tag nov28
+"""
+
+
+def _die(message: str, code: int) -> int:
+    print(f"autoresearch: error: {message}", file=sys.stderr)
+    return code
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile",
+        choices=["auto", "cpu", "gpu"],
+        help="data/time profile (default: auto: gpu if CUDA)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="prepared data folder (default: ~/.cache/autoresearch/data/<profile>)",
+    )
+    p.add_argument("--runs-dir", type=Path, help="per-run artifacts (default: workspace/runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoresearch",
+        description="An LLM-driven experiment machine for language-model training.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="download or read text, train the tokenizer, write shards")
+    _add_common(p)
+    p.add_argument(
+        "--source",
+        choices=["local", "http"],
+        default="local",
+        help="local: a folder of text files (default: this Python's stdlib); http: parquet shards",
+    )
+    p.add_argument(
+        "--local-dir", type=Path, help="folder of .py/.txt/.md/.rst files for --source local"
+    )
+    p.add_argument(
+        "--url-pattern", help="URL with {i} for --source http (default: climbmix shards)"
+    )
+    p.add_argument("--train-shards", type=int, default=8, help="parquet shards for training (http)")
+    p.add_argument("--val-shard", type=int, help="the shard index held out for validation (http)")
+    p.add_argument("--workers", type=int, default=8, help="parallel downloads (http)")
+
+    p = sub.add_parser("run", help="start or resume the research loop on branch autoresearch/<tag>")
+    _add_common(p)
+    p.add_argument("--tag", help="run name; branch autoresearch/<tag> (default: today's date)")
+    p.add_argument(
+        "--max-experiments", type=int, help="stop after this many experiments (baseline excluded)"
+    )
+    p.add_argument("--max-hours", type=float, help="stop after this many hours")
+    p.add_argument(
+        "--proposer",
+        choices=["auto", "llm", "mutate"],
+        help="default: llm if configured, else mutate",
+    )
+    p.add_argument("--model", dest="llm_model", help=f"LLM model (default {defaults.LLM_MODEL})")
+    p.add_argument(
+        "--min-delta", type=float, help=f"keep only gains above this (default {defaults.MIN_DELTA})"
+    )
+    p.add_argument("--seed", type=int, help="seed of training and of the mutate proposer")
+    p.add_argument("--redis-url", help="Redis to use (default: a private server for this run)")
+    p.add_argument(
+        "--local-workers",
+        type=int,
+        help="workers to start here (default: 1 with a private Redis, else 0)",
+    )
+    p.add_argument("--gpu", type=int, help="GPU index for the local workers")
+    p.add_argument(
+        "--train-wall", dest="train_wall_s", type=float, help="hard wall of the train phase, s"
+    )
+    p.add_argument(
+        "--eval-wall", dest="eval_wall_s", type=float, help="hard wall of the eval phase, s"
+    )
+
+    p = sub.add_parser("worker", help="serve experiments from Redis (an RQ worker); one per GPU")
+    _add_common(p)
+    p.add_argument("--redis-url", help="Redis of the run (default: REDIS_URL)")
+    p.add_argument("--gpu", type=int, help="the one GPU this worker uses (default: none, CPU)")
+    p.add_argument("--name", help="worker name (default: host-gpu-pid)")
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+
+    p = sub.add_parser("evaluate", help="run one train.py through the runner and harness, no loop")
+    _add_common(p)
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gpu", type=int)
+    p.add_argument("--train-wall", dest="train_wall_s", type=float)
+    p.add_argument("--eval-wall", dest="eval_wall_s", type=float)
+
+    p = sub.add_parser("status", help="best so far, the last rows, counts by status")
+    p.add_argument("--tag", help="run name (default: the most recent run)")
+    p.add_argument("--runs-dir", type=Path)
+    p.add_argument("--rows", type=int, default=10)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> st.Settings:
+    overrides = {k: v for k, v in vars(args).items() if k in st.FIELD_NAMES}
+    return st.load(overrides=overrides)
+
+
+def _profile(s: st.Settings, log: Any) -> tuple[Any, Path]:
+    from harness.profiles import get_profile
+
+    name, why = s.resolved_profile()
+    data_dir = s.resolved_data_dir(name)
+    log.info(
+        "default.profile" if why != "set" else "setting.profile",
+        profile=name,
+        why=why,
+        data_dir=str(data_dir),
+    )
+    return get_profile(name), data_dir
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from harness.prepare import prepare
+
+    s = _settings(args)
+    log = logs.get()
+    profile, data_dir = _profile(s, log)
+    started = time.monotonic()
+    manifest = prepare(
+        data_dir,
+        profile,
+        source=args.source,
+        local_dir=args.local_dir,
+        url_pattern=args.url_pattern,
+        train_shards=args.train_shards,
+        val_shard=args.val_shard,
+        workers=args.workers,
+        emit=lambda event, **kw: log.info(event, **kw),
+    )
+    print(
+        f"prepared {data_dir} fingerprint {manifest['fingerprint']} in {time.monotonic() - started:.1f}s"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness import manifest as mf
+    from orchestrator.gitstore import GitStore
+    from orchestrator.local_workers import LocalWorkers
+    from orchestrator.loop import Limits, Research, budget_for
+    from orchestrator.redis_server import PrivateRedis, connect
+    from worker.settings import WorkerSettings
+
+    s = _settings(args)
+    s.tag = s.tag or time.strftime("%Y%m%d")
+    st.check(s)
+    log = logs.get()
+    git = GitStore(s.repo, s.train_path)
+    runs_dir = s.runs_dir if s.runs_dir.is_absolute() else git.repo / s.runs_dir
+    logs.tee.open(runs_dir / s.tag / defaults.ORCHESTRATOR_LOG)
+    profile, data_dir = _profile(s, log)
+    fingerprint = mf.load_manifest(data_dir)["fingerprint"]
+    proposer = _proposer(s, profile.name, git.repo, log)
+    private = None
+    workers = None
+    try:
+        if s.redis_url:
+            url = s.redis_url
+            log.info("setting.redis", url=url.split("@")[-1])
+        else:
+            private = PrivateRedis().start()
+            url = private.url
+            log.info("default.redis", why="no REDIS_URL", server=private.binary, url=url)
+        redis = connect(url)
+        n_local = s.local_workers if s.local_workers is not None else (1 if private else 0)
+        if n_local:
+            wsettings = WorkerSettings(
+                data_dir=data_dir,
+                runs_dir=runs_dir,
+                runner=s.runner,
+                gpu=s.gpu,
+                memory_gb=s.memory_gb,
+            )
+            workers = LocalWorkers(n_local, url, wsettings, runs_dir / s.tag).start()
+            log.info(
+                "default.workers" if s.local_workers is None else "setting.workers",
+                count=n_local,
+                runner=s.runner,
+                why="process runner: no Docker in the embedded default",
+            )
+        research = Research(
+            tag=s.tag,
+            git=git,
+            redis=redis,
+            proposer=proposer,
+            profile=profile,
+            fingerprint=fingerprint,
+            budget=budget_for(profile, s.train_wall_s, s.eval_wall_s),
+            runs_dir=runs_dir,
+            seed=s.seed,
+            min_delta=s.min_delta,
+            limits=Limits(s.max_experiments, s.max_hours),
+            log=log,
+        )
+        summary = research.run()
+    finally:
+        if workers:
+            workers.stop()
+        if private:
+            private.stop()
+        logs.tee.close()
+    _print_summary(summary, git)
+    return 0
+
+
+def _proposer(s: st.Settings, profile: str, repo: Path, log: Any) -> Any:
+    name, why = s.resolved_proposer()
+    log.info("default.proposer" if why != "set" else "setting.proposer", proposer=name, why=why)
+    if name == "mutate":
+        from orchestrator.proposers.mutate import MutateProposer
+
+        return MutateProposer(profile)
+    from orchestrator.proposers.llm import LLMProposer
+
+    program = repo / "program.md"
+    if not program.is_file():
+        raise st.SettingsError(f"program.md not found in {repo}: the LLM's system prompt")
+    return LLMProposer(
+        base_url=s.llm_base_url,
+        api_key=s.llm_api_key,
+        model=s.llm_model,
+        temperature=s.llm_temperature,
+        system_prompt=program.read_text(),
+        timeout_s=s.llm_timeout_s,
+        price_in_per_mtok=s.llm_price_in,
+        price_out_per_mtok=s.llm_price_out,
+    )
+
+
+def _print_summary(summary: dict, git: Any) -> None:
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:.6f}" if isinstance(v, float) else str(v)
+
+    lines = [
+        "",
+        f"=== autoresearch run {summary['tag']} ({summary['stop_reason'] or 'done'}) ===",
+        f"best val_bpb:      {fmt(summary['best_val_bpb'])}",
+        f"baseline val_bpb:  {fmt(summary['baseline_val_bpb'])}",
+        f"gain:              {fmt(summary['gain'])}",
+        "counts:            " + ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items())),
+        f"{summary['compute_kind']} seconds used:  {summary['compute_seconds']} "
+        f"({summary['experiments_this_session']} experiments, wall {summary['wall_seconds']}s)",
+        f"results:           {summary['results']}",
+        f"branch:            {summary['branch']}  (git log --oneline {summary['branch']})",
+    ]
+    print("\n".join(lines))
+    try:
+        print(git._git("log", "--oneline", "-n", "15", summary["branch"]))
+    except Exception:  # noqa: BLE001 - the summary must print even if git does not
+        pass
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from rq import Queue, Worker
+    from rq.serializers import JSONSerializer
+
+    from harness import manifest as mf
+    from orchestrator.redis_server import connect
+    from worker import contract
+    from worker.settings import WorkerSettings
+
+    s = _settings(args)
+    url = s.redis_url or os.environ.get("REDIS_URL")
+    if not url:
+        raise st.SettingsError("redis_url: a worker needs --redis-url or REDIS_URL")
+    log = logs.get()
+    profile, data_dir = _profile(s, log)
+    fingerprint = mf.load_manifest(data_dir)["fingerprint"]
+    runs_dir = s.runs_dir.resolve()
+    wsettings = WorkerSettings(
+        data_dir=data_dir.resolve(),
+        runs_dir=runs_dir,
+        runner=s.runner,
+        gpu=s.gpu,
+        memory_gb=s.memory_gb,
+    )
+    os.environ.update(wsettings.to_env())
+    redis = connect(url)
+    name = (
+        args.name
+        or f"{socket.gethostname()}-{'cpu' if s.gpu is None else f'gpu{s.gpu}'}-{os.getpid()}"
+    )
+    queue = Queue(contract.QUEUE_NAME, connection=redis, serializer=JSONSerializer)
+    worker = Worker([queue], connection=redis, name=name, serializer=JSONSerializer)
+    log.info(
+        "worker.start",
+        name=name,
+        gpu=s.gpu,
+        runner=s.runner,
+        profile=profile.name,
+        fingerprint=fingerprint,
+        data_dir=str(data_dir),
+    )
+    worker.work(burst=args.burst, logging_level="WARNING")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from harness import manifest as mf
+    from orchestrator.loop import budget_for
+    from orchestrator.validate import CandidateRejected, validate_candidate
+    from worker import contract
+    from worker.jobs import ExperimentLog, make_runner
+    from worker.settings import WorkerSettings
+
+    s = _settings(args)
+    log = logs.get()
+    if not args.file.is_file():
+        raise st.SettingsError(f"file: {args.file} does not exist")
+    source = args.file.read_text()
+    try:
+        validate_candidate(source)
+    except CandidateRejected as exc:
+        return _die(f"{args.file}: {exc}", 2)
+    profile, data_dir = _profile(s, log)
+    fingerprint = mf.load_manifest(data_dir)["fingerprint"]
+    spec = contract.make_spec(
+        id="evaluate",
+        tag="evaluate",
+        parent="",
+        commit="",
+        source=source,
+        profile=profile.name,
+        fingerprint=fingerprint,
+        budget=budget_for(profile, s.train_wall_s, s.eval_wall_s),
+        seed=args.seed,
+        description=str(args.file),
+    )
+    runner = make_runner(WorkerSettings(data_dir=data_dir, runs_dir=s.runs_dir, gpu=s.gpu))
+    with tempfile.TemporaryDirectory(prefix="autoresearch-eval-") as tmp:
+        trail = ExperimentLog(Path(tmp), None, "", "evaluate")
+        echo = (lambda phase, line: print(line, file=sys.stderr)) if not args.json else trail.line
+        try:
+            fields = runner.run(
+                spec, Path(tmp), lambda phase, line: (trail.line(phase, line), echo(phase, line))
+            )
+        finally:
+            trail.close()
+    result = contract.make_result(
+        spec, **fields, worker=socket.gethostname(), gpu="cpu" if s.gpu is None else f"cuda:{s.gpu}"
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            if key != "log_tail":
+                print(f"{key:<16}{value}")
+    return 0 if result["status"] == "ok" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.results import ResultsFile, best_kept, counts
+
+    runs_dir = args.runs_dir or Path(os.environ.get("AUTORESEARCH_RUNS_DIR", "workspace/runs"))
+    tag = args.tag
+    if tag is None:
+        found = sorted(runs_dir.glob(f"*/{defaults.RESULTS_FILE}"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            return _die(f"no runs under {runs_dir}", 2)
+        tag = found[-1].parent.name
+    results = ResultsFile(runs_dir / tag / defaults.RESULTS_FILE)
+    rows = results.rows()
+    if not rows:
+        return _die(f"run {tag} has no results in {results.path}", 2)
+    best = best_kept(rows)
+    kept = [r for r in rows if r["status"] == "keep"]
+    print(
+        f"run {tag}: {len(rows)} experiments, "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts(rows).items()))
+    )
+    if best:
+        gain = float(kept[0]["val_bpb"]) - float(best["val_bpb"])
+        print(
+            f"best val_bpb {best['val_bpb']} ({best['commit']} {best['description']}), gain {gain:.6f} over the baseline"
+        )
+    print("last rows:")
+    print(results.tail_text(args.rows))
+    return 0
+
+
+COMMANDS = {
+    "prepare": cmd_prepare,
+    "run": cmd_run,
+    "worker": cmd_worker,
+    "evaluate": cmd_evaluate,
+    "status": cmd_status,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure()
+    from harness.manifest import DataNotPrepared
+    from orchestrator.gitstore import GitError
+    from orchestrator.loop import BaselineFailed
+    from orchestrator.redis_server import RedisUnavailable
+
+    try:
+        return COMMANDS[args.command](args)
+    except st.SettingsError as exc:
+        return _die(str(exc), 2)
+    except (DataNotPrepared, RedisUnavailable, GitError, BaselineFailed) as exc:
+        return _die(str(exc), 1)
+    except KeyboardInterrupt:
+        return _die("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Git plumbing for candidates: never touches the user's working tree or index.
+
+A candidate is a commit whose tree is its parent's with train.py replaced, made with
+hash-object, a private index file, write-tree and commit-tree, and pinned by a ref under
+refs/autoresearch/<tag>/candidates/, so no diff is lost, a failed one included. Keeping a
+candidate moves refs/heads/autoresearch/<tag> with a compare-and-swap update-ref.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from orchestrator import defaults
+
+
+class GitError(RuntimeError):
+    """A git command failed; the message carries git's own words."""
+
+
+class GitStore:
+    def __init__(self, repo: Path, train_path: str = defaults.TRAIN_PATH):
+        self.repo = Path(repo)
+        self.train_path = train_path
+        try:
+            top = self._git("rev-parse", "--show-toplevel")
+        except (GitError, FileNotFoundError):
+            raise GitError(f"{self.repo} is not inside a git repository") from None
+        self.repo = Path(top)
+
+    def _git(
+        self, *args: str, input: str | None = None, env: dict | None = None, strip: bool = True
+    ) -> str:
+        proc = subprocess.run(
+            ["git", *args],
+            cwd=self.repo,
+            input=input,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        if proc.returncode != 0:
+            raise GitError(
+                f"git {' '.join(args[:2])}: {proc.stderr.strip() or proc.stdout.strip()}"
+            )
+        return proc.stdout.strip() if strip else proc.stdout
+
+    @staticmethod
+    def branch(tag: str) -> str:
+        return f"refs/heads/{defaults.BRANCH_PREFIX}{tag}"
+
+    def resolve(self, ref: str) -> str | None:
+        try:
+            return self._git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+        except GitError:
+            return None
+
+    def start_branch(self, tag: str, start: str = "HEAD") -> tuple[str, bool]:
+        """(tip, created): create autoresearch/<tag> at start unless it exists (resume)."""
+        tip = self.resolve(self.branch(tag))
+        if tip:
+            return tip, False
+        base = self.resolve(start)
+        if base is None:
+            raise GitError(f"cannot start branch: {start} names no commit")
+        self.read(base)  # the start commit must hold train.py
+        self._git("update-ref", self.branch(tag), base, "0" * 40)
+        return base, True
+
+    def read(self, commit: str) -> str:
+        try:
+            return self._git("show", f"{commit}:{self.train_path}", strip=False)
+        except GitError:
+            raise GitError(f"commit {commit[:12]} has no {self.train_path}") from None
+
+    def commit_candidate(
+        self, tag: str, exp_id: str, parent: str, source: str, message: str
+    ) -> str:
+        blob = self._git("hash-object", "-w", "--stdin", input=source)
+        with tempfile.TemporaryDirectory(prefix="autoresearch-index-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self._git("read-tree", parent, env=env)
+            self._git(
+                "update-index", "--add", "--cacheinfo", f"100644,{blob},{self.train_path}", env=env
+            )
+            tree = self._git("write-tree", env=env)
+        commit = self._git("commit-tree", tree, "-p", parent, "-m", message, env=_identity())
+        self._git("update-ref", self.candidate_ref(tag, exp_id), commit)
+        return commit
+
+    def pin(self, tag: str, exp_id: str, commit: str) -> None:
+        """Point an experiment's candidate ref at an existing commit (the baseline's)."""
+        self._git("update-ref", self.candidate_ref(tag, exp_id), commit)
+
+    @staticmethod
+    def candidate_ref(tag: str, exp_id: str) -> str:
+        return defaults.CANDIDATE_REF.format(tag=tag, id=exp_id)
+
+    def candidate_ids(self, tag: str) -> list[str]:
+        prefix = defaults.CANDIDATE_REF.format(tag=tag, id="")
+        out = self._git("for-each-ref", "--format=%(refname)", prefix)
+        return [line[len(prefix) :] for line in out.splitlines() if line]
+
+    def advance(self, tag: str, new: str, old: str) -> None:
+        """Move the branch from old to new, refusing if someone else moved it meanwhile."""
+        self._git("update-ref", self.branch(tag), new, old)
+
+    def diff(self, old: str, new: str) -> str:
+        return self._git("diff", old, new, "--", self.train_path, strip=False)
+
+
+def _identity() -> dict[str, str]:
+    """A committer identity for repositories (and CI machines) that have none configured."""
+    env = {}
+    for role in ("AUTHOR", "COMMITTER"):
+        env.setdefault(f"GIT_{role}_NAME", os.environ.get(f"GIT_{role}_NAME", "autoresearch"))
+        env.setdefault(
+            f"GIT_{role}_EMAIL", os.environ.get(f"GIT_{role}_EMAIL", "autoresearch@localhost")
+        )
+    return env

@@ -1,0 +1,67 @@
+"""structlog setup: JSON lines in files and pipes, a readable console on a terminal.
+
+One processor chain; `TeeJSON` writes every event to the run's JSON log file before the
+console renderer, so the file is complete whatever the terminal shows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+
+class TeeJSON:
+    """A processor that appends each event as one JSON line to a file."""
+
+    def __init__(self) -> None:
+        self.fh: TextIO | None = None
+
+    def open(self, path: Path) -> None:
+        self.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        if self.fh is not None:
+            self.fh.write(json.dumps(event, default=str) + "\n")
+            self.fh.flush()
+        return event
+
+
+tee = TeeJSON()
+
+
+def configure(stream: TextIO | None = None, json_console: bool | None = None) -> None:
+    """Configure structlog once; json_console None means: JSON unless stream is a terminal."""
+    stream = stream or sys.stderr
+    if json_console is None:
+        json_console = not stream.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json_console
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            tee,
+            renderer,
+        ],
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get(name: str = "autoresearch") -> Any:
+    return structlog.get_logger(name)

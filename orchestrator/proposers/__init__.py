@@ -1,0 +1,1 @@
+"""Proposers turn the current best train.py into one candidate change."""

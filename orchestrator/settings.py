@@ -1,0 +1,189 @@
+"""One settings object, from the environment and then flags (flags win).
+
+Every value is checked once, at start; a bad one is a SettingsError naming the setting,
+which the CLI prints as one line before exiting with code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from harness.profiles import PROFILES
+from orchestrator import defaults
+from worker.settings import DEFAULT_RUNS_DIR, default_data_root
+
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names it."""
+
+
+@dataclass
+class Settings:
+    tag: str | None = None
+    repo: Path = Path(".")
+    train_path: str = defaults.TRAIN_PATH
+    redis_url: str | None = None
+    profile: str = "auto"
+    data_dir: Path | None = None
+    runs_dir: Path = DEFAULT_RUNS_DIR
+    proposer: str = "auto"
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str = defaults.LLM_MODEL
+    llm_temperature: float = defaults.LLM_TEMPERATURE
+    llm_timeout_s: float = defaults.LLM_TIMEOUT_S
+    llm_price_in: float = 0.0
+    llm_price_out: float = 0.0
+    max_experiments: int | None = None
+    max_hours: float | None = None
+    min_delta: float = defaults.MIN_DELTA
+    seed: int = 0
+    local_workers: int | None = None
+    runner: str = "process"
+    gpu: int | None = None
+    train_wall_s: float | None = None
+    eval_wall_s: float | None = None
+    memory_gb: float | None = None
+
+    # --- derived choices, each announced by the caller ---
+    def resolved_profile(self) -> tuple[str, str]:
+        """(profile, why)."""
+        if self.profile != "auto":
+            return self.profile, "set"
+        if shutil.which("nvidia-smi"):
+            probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+            if probe.returncode == 0 and "GPU" in probe.stdout:
+                return "gpu", "a CUDA GPU was found"
+        return "cpu", "no CUDA GPU found"
+
+    def resolved_data_dir(self, profile: str) -> Path:
+        return self.data_dir or default_data_root() / profile
+
+    def resolved_proposer(self) -> tuple[str, str]:
+        if self.proposer != "auto":
+            return self.proposer, "set"
+        if self.llm_api_key or self.llm_base_url:
+            return "llm", "an LLM endpoint or key is configured"
+        return "mutate", "no LLM configured (set OPENAI_API_KEY or AUTORESEARCH_LLM_BASE_URL)"
+
+
+def _int(v: str) -> int:
+    return int(v)
+
+
+def _opt_int(v: str) -> int | None:
+    return None if v == "" else int(v)
+
+
+def _opt_float(v: str) -> float | None:
+    return None if v == "" else float(v)
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(v: str) -> str:
+        if v not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return v
+
+    return parse
+
+
+# field -> (environment variables, first found wins; parser)
+ENV: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
+    "tag": (("AUTORESEARCH_TAG",), str),
+    "repo": (("AUTORESEARCH_REPO",), Path),
+    "train_path": (("AUTORESEARCH_TRAIN_PATH",), str),
+    "redis_url": (("REDIS_URL",), str),
+    "profile": (("AUTORESEARCH_PROFILE",), _choice("auto", *PROFILES)),
+    "data_dir": (("AUTORESEARCH_DATA_DIR",), Path),
+    "runs_dir": (("AUTORESEARCH_RUNS_DIR",), Path),
+    "proposer": (("AUTORESEARCH_PROPOSER",), _choice("auto", "llm", "mutate")),
+    "llm_base_url": (("AUTORESEARCH_LLM_BASE_URL", "OPENAI_BASE_URL"), str),
+    "llm_api_key": (("AUTORESEARCH_LLM_API_KEY", "OPENAI_API_KEY"), str),
+    "llm_model": (("AUTORESEARCH_LLM_MODEL", "OPENAI_MODEL"), str),
+    "llm_temperature": (("AUTORESEARCH_LLM_TEMPERATURE",), float),
+    "llm_timeout_s": (("AUTORESEARCH_LLM_TIMEOUT_S",), float),
+    "llm_price_in": (("AUTORESEARCH_LLM_PRICE_IN",), float),
+    "llm_price_out": (("AUTORESEARCH_LLM_PRICE_OUT",), float),
+    "max_experiments": (("AUTORESEARCH_MAX_EXPERIMENTS",), _opt_int),
+    "max_hours": (("AUTORESEARCH_MAX_HOURS",), _opt_float),
+    "min_delta": (("AUTORESEARCH_MIN_DELTA",), float),
+    "seed": (("AUTORESEARCH_SEED",), _int),
+    "local_workers": (("AUTORESEARCH_LOCAL_WORKERS",), _opt_int),
+    "runner": (("AUTORESEARCH_RUNNER",), _choice("process")),
+    "gpu": (("AUTORESEARCH_GPU",), _opt_int),
+    "train_wall_s": (("AUTORESEARCH_TRAIN_WALL_S",), _opt_float),
+    "eval_wall_s": (("AUTORESEARCH_EVAL_WALL_S",), _opt_float),
+    "memory_gb": (("AUTORESEARCH_MEMORY_GB",), _opt_float),
+}
+
+
+def load(
+    env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Settings from env, then overrides (flags; None means not given), then checks."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name, (names, parse) in ENV.items():
+        for var in names:
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[name] = parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{var}={raw!r}: {_reason(exc)}") from None
+            break
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    settings = Settings(**values)
+    check(settings)
+    return settings
+
+
+def _reason(exc: ValueError) -> str:
+    text = str(exc)
+    return "not a number" if "invalid literal" in text or "could not convert" in text else text
+
+
+def check(s: Settings) -> None:
+    def bad(name: str, why: str) -> SettingsError:
+        return SettingsError(f"{name}={getattr(s, name)!r}: {why}")
+
+    if s.tag is not None and not TAG_RE.match(s.tag):
+        raise bad("tag", "use letters, digits, '-' and '_' (at most 64, starting alphanumeric)")
+    if s.profile not in ("auto", *PROFILES):
+        raise bad("profile", f"must be auto or one of {', '.join(PROFILES)}")
+    for name in ("max_experiments", "local_workers"):
+        value = getattr(s, name)
+        if value is not None and value < 0:
+            raise bad(name, "must be 0 or more")
+    for name in ("max_hours", "train_wall_s", "eval_wall_s", "memory_gb", "llm_timeout_s"):
+        value = getattr(s, name)
+        if value is not None and value <= 0:
+            raise bad(name, "must be positive")
+    if s.min_delta < 0:
+        raise bad("min_delta", "must be 0 or more")
+    if not 0 <= s.llm_temperature <= 2:
+        raise bad("llm_temperature", "must be between 0 and 2")
+    if s.llm_price_in < 0 or s.llm_price_out < 0:
+        raise SettingsError("llm prices must be 0 or more")
+    if s.gpu is not None and s.gpu < 0:
+        raise bad("gpu", "must be a GPU index, 0 or more")
+    if s.train_wall_s is not None and s.train_wall_s < 5:
+        raise bad("train_wall_s", "must be at least 5 seconds")
+    if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise bad("redis_url", "must start with redis://, rediss:// or unix://")
+
+
+FIELD_NAMES = tuple(f.name for f in fields(Settings))

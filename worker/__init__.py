@@ -1,0 +1,1 @@
+"""The worker daemon (an RQ worker) and the runners that execute one candidate."""

@@ -1,0 +1,120 @@
+"""The RQ job: run one experiment spec on this worker and return the result dict.
+
+A failing candidate returns a result (status crash, oom, ...). A failing machine raises
+(InfraError, FingerprintMismatch), so RQ retries the job, on this or another worker.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from rq import get_current_job
+
+from harness import codes
+from harness import manifest as mf
+from worker import contract
+from worker.runner import InfraError, Limits, ProcessRunner, Runner
+from worker.settings import STREAM_MAXLEN, STREAM_TTL_S, WorkerSettings, log_stream_key
+
+
+def make_runner(settings: WorkerSettings) -> Runner:
+    limits = Limits(memory_bytes=int(settings.memory_gb * 2**30) if settings.memory_gb else None)
+    if settings.runner == "process":
+        return ProcessRunner(settings.data_dir, limits, settings.gpu)
+    raise InfraError(f"unknown runner {settings.runner!r}")
+
+
+def check_fingerprint(spec: dict[str, Any], data_dir: Path) -> None:
+    try:
+        mine = mf.load_manifest(data_dir)["fingerprint"]
+    except FileNotFoundError as exc:
+        raise InfraError(str(exc)) from exc
+    if mine != spec["fingerprint"]:
+        raise contract.FingerprintMismatch(
+            f"worker data {mine} differs from the run's {spec['fingerprint']}: refusing the job"
+        )
+
+
+class ExperimentLog:
+    """One experiment's trail: raw output.log, structured log.jsonl and a Redis stream."""
+
+    def __init__(self, folder: Path, redis: Any, stream: str, exp_id: str):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.raw = open(folder / "output.log", "a", encoding="utf-8")  # noqa: SIM115
+        self.jsonl = open(folder / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self.log = structlog.wrap_logger(
+            structlog.PrintLogger(self.jsonl),
+            processors=[
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.JSONRenderer(),
+            ],
+        ).bind(id=exp_id)
+        self.redis, self.stream = redis, stream
+
+    def publish(self, kind: str, phase: str, text: str) -> None:
+        if self.redis is None:
+            return
+        self.redis.xadd(
+            self.stream,
+            {"kind": kind, "phase": phase, "text": text, "t": f"{time.time():.3f}"},
+            maxlen=STREAM_MAXLEN,
+            approximate=True,
+        )
+
+    def line(self, phase: str, line: str) -> None:
+        self.raw.write(f"{line}\n")
+        self.raw.flush()
+        if line.startswith(codes.METRICS_PREFIX):
+            try:
+                metrics = json.loads(line[len(codes.METRICS_PREFIX) :])
+            except json.JSONDecodeError:
+                metrics = {"raw": line}
+            self.log.info("metrics", phase=phase, **metrics if isinstance(metrics, dict) else {})
+            self.publish("metrics", phase, line[len(codes.METRICS_PREFIX) :])
+        else:
+            self.log.info("output", phase=phase, line=line)
+            self.publish("line", phase, line)
+
+    def event(self, event: str, **fields: Any) -> None:
+        self.log.info(event, **fields)
+        self.publish("event", "", json.dumps({"event": event, **fields}, default=str))
+
+    def close(self) -> None:
+        if self.redis is not None:
+            self.redis.expire(self.stream, STREAM_TTL_S)
+        self.raw.close()
+        self.jsonl.close()
+
+
+def run_experiment(spec: dict[str, Any]) -> dict[str, Any]:
+    """RQ entry point: refuse a bad spec, run the candidate, return the result dict."""
+    contract.check_spec(spec)
+    settings = WorkerSettings.from_env()
+    check_fingerprint(spec, settings.data_dir)
+    job = get_current_job()
+    redis = job.connection if job is not None else None
+    worker_name = (job.worker_name if job is not None else None) or socket.gethostname()
+    folder = settings.runs_dir / spec["tag"] / spec["id"]
+    log = ExperimentLog(folder, redis, log_stream_key(spec["tag"], spec["id"]), spec["id"])
+    runner = make_runner(settings)
+    log.event("experiment.start", worker=worker_name, runner=runner.name, gpu=settings.gpu)
+    try:
+        fields = runner.run(spec, folder, log.line)
+        fields["worker"] = worker_name
+        fields["gpu"] = "cpu" if settings.gpu is None else f"cuda:{settings.gpu}"
+        result = contract.make_result(spec, **fields)
+        log.event("experiment.end", status=result["status"], val_bpb=result["val_bpb"])
+        (folder / "result.json").write_text(json.dumps(result, indent=2))
+        return result
+    except Exception as exc:
+        log.event("experiment.infra_error", error=str(exc))
+        raise
+    finally:
+        log.close()
+        shutil.rmtree(folder / "scratch", ignore_errors=True)

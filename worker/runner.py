@@ -1,0 +1,299 @@
+"""Runners execute one candidate: a train phase, then an eval phase, each a fresh process.
+
+`Runner` holds what every runner shares (the workdir layout, the phase sequence, the
+classification of outcomes); a subclass only says how to run one phase under a hard wall.
+The process runner is here; the docker runner drops into the same interface.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import codes
+
+# emit(phase, line): one output line of a phase, as it comes.
+Emit = Callable[[str, str], None]
+
+HARNESS_ROOT = Path(__file__).resolve().parent.parent  # the folder holding harness/
+LOG_TAIL_LINES = 60
+
+
+class InfraError(RuntimeError):
+    """The machine failed, not the candidate: raised so RQ retries the job on a worker."""
+
+
+@dataclass
+class PhaseOutcome:
+    exit_code: int | None  # None when killed at the wall
+    timed_out: bool
+    seconds: float
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
+
+
+@dataclass
+class Limits:
+    """Resource limits of a candidate's process (or container)."""
+
+    memory_bytes: int | None = None  # address space (process runner, CPU only) / container memory
+    file_bytes: int = 8 * 2**30  # largest file it may write (weights included)
+    open_files: int = 4096
+    log_bytes: int = 4 * 2**20  # output kept per phase; the rest is counted and dropped
+
+
+class Runner(ABC):
+    """Runs one spec in a workdir and returns result fields (without worker and gpu)."""
+
+    name = "abstract"
+
+    def __init__(self, data_dir: Path, limits: Limits | None = None, gpu: int | None = None):
+        self.data_dir = Path(data_dir)
+        self.limits = limits or Limits()
+        self.gpu = gpu
+
+    @abstractmethod
+    def run_phase(
+        self, phase: str, argv: list[str], workdir: Path, wall_s: float, emit: Emit
+    ) -> PhaseOutcome:
+        """Run `python -m harness.entry <phase> ...` and kill it at wall_s, whatever happens."""
+
+    def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
+        workdir = Path(workdir)
+        scratch = workdir / "scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        candidate = workdir / "train.py"
+        candidate.write_text(spec["source"])
+        budget = spec["budget"]
+        started = time.time()
+        train_args = [
+            "--deadline",
+            f"{started + budget['train_wall_s'] - budget['save_margin_s']:.3f}",
+            "--grace",
+            str(budget["return_grace_s"]),
+        ]
+        train = self.run_phase(
+            "train",
+            self._argv("train", spec, started, train_args),
+            workdir,
+            budget["train_wall_s"],
+            emit,
+        )
+        fields: dict[str, Any] = {"train_phase_s": train.seconds}
+        status, error = self._classify(train, "train", budget["train_wall_s"])
+        if status == "ok" and not (scratch / "train.json").is_file():
+            status, error = "crash", "train phase exited without saving weights"
+        if status == "ok":
+            eval_started = time.time()
+            ev = self.run_phase(
+                "eval",
+                self._argv("eval", spec, eval_started, []),
+                workdir,
+                budget["eval_wall_s"],
+                emit,
+            )
+            fields["eval_phase_s"] = ev.seconds
+            status, error = self._classify(ev, "eval", budget["eval_wall_s"])
+            tail = list(train.tail)[-10:] + list(ev.tail)
+            if status == "ok":
+                fields.update(self._scores(scratch))
+        else:
+            tail = list(train.tail)
+            stats = scratch / "train.json"
+            if stats.is_file():
+                fields.update(_pick(json.loads(stats.read_text())))
+        fields.update(status=status, error=error, total_s=time.time() - started)
+        fields["log_tail"] = "\n".join(tail)
+        return fields
+
+    def _argv(self, phase: str, spec: dict, started: float, extra: list[str]) -> list[str]:
+        return [
+            phase,
+            "--candidate",
+            self.candidate_path(),
+            "--data",
+            self.data_path(),
+            "--scratch",
+            self.scratch_path(),
+            "--seed",
+            str(spec["seed"]),
+            "--started-at",
+            f"{started:.3f}",
+            *extra,
+        ]
+
+    # Paths as the phase sees them; the docker runner maps them to its mounts.
+    def candidate_path(self) -> str:
+        return "train.py"
+
+    def data_path(self) -> str:
+        return str(self.data_dir)
+
+    def scratch_path(self) -> str:
+        return "scratch"
+
+    @staticmethod
+    def _classify(outcome: PhaseOutcome, phase: str, wall_s: float) -> tuple[str, str | None]:
+        if outcome.timed_out:
+            return "timeout", f"{phase} phase killed at its {wall_s:.0f}s wall"
+        code = outcome.exit_code
+        if code == codes.USAGE:
+            raise InfraError(
+                f"harness refused to start the {phase} phase: " + " | ".join(outcome.tail)
+            )
+        if code in codes.STATUS_BY_CODE:
+            status = codes.STATUS_BY_CODE[code]
+            return status, None if status == "ok" else _last_error(outcome.tail, status)
+        if code is not None and code < 0:
+            sig = signal.Signals(-code).name
+            # A SIGKILL we did not send comes from the kernel's OOM killer or a memory cap.
+            status = "oom" if code == -signal.SIGKILL else "crash"
+            return status, f"{phase} phase killed by {sig}"
+        return "crash", f"{phase} phase exited with code {code}"
+
+    @staticmethod
+    def _scores(scratch: Path) -> dict[str, Any]:
+        return _pick(json.loads((scratch / "eval.json").read_text()))
+
+
+_RESULT_KEYS = (
+    "val_bpb",
+    "startup_s",
+    "first_step_s",
+    "training_s",
+    "save_s",
+    "eval_s",
+    "peak_memory_mb",
+    "mfu",
+    "tokens",
+    "steps",
+    "params",
+)
+
+
+def _pick(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: stats[k] for k in _RESULT_KEYS if k in stats}
+
+
+def _last_error(tail: deque[str], status: str) -> str:
+    for line in reversed(tail):
+        text = line.strip()
+        if text and not text.startswith(codes.METRICS_PREFIX) and not text.startswith("  File"):
+            return text[:500]
+    return status
+
+
+def pump_lines(
+    stream: Any, phase: str, emit: Emit, tail: deque[str], log_bytes: int
+) -> threading.Thread:
+    """Forward a phase's output lines as they come, keeping a tail and capping the volume."""
+
+    def pump() -> None:
+        kept = dropped = 0
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            tail.append(line[:2000])
+            if kept + len(raw) <= log_bytes:
+                kept += len(raw)
+                emit(phase, line)
+            else:
+                dropped += 1
+        if dropped:
+            emit(phase, f"[runner] {dropped} lines dropped over the {log_bytes}-byte log cap")
+
+    thread = threading.Thread(target=pump, name=f"pump-{phase}", daemon=True)
+    thread.start()
+    return thread
+
+
+class ProcessRunner(Runner):
+    """Each phase a subprocess in a new session, killed as a group at the wall.
+
+    Weaker isolation than the docker runner: the candidate shares the host's filesystem
+    view and network. It is meant for laptops, CI and hosts without Docker.
+    """
+
+    name = "process"
+
+    def _env(self, workdir: Path) -> dict[str, str]:
+        """A clean environment: no API keys, no Redis password, nothing inherited by accident."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(workdir / "scratch"),
+            "PYTHONPATH": str(HARNESS_ROOT),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "CUDA_VISIBLE_DEVICES": "" if self.gpu is None else str(self.gpu),
+            "TMPDIR": str(workdir / "scratch"),
+        }
+        for key in ("OMP_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "LANG"):
+            if key in os.environ:
+                env[key] = os.environ[key]
+        return env
+
+    def _preexec(self) -> None:
+        _die_with_parent()
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limits.file_bytes, self.limits.file_bytes))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.limits.open_files, self.limits.open_files))
+        if self.limits.memory_bytes:
+            resource.setrlimit(
+                resource.RLIMIT_AS, (self.limits.memory_bytes, self.limits.memory_bytes)
+            )
+
+    def run_phase(
+        self, phase: str, argv: list[str], workdir: Path, wall_s: float, emit: Emit
+    ) -> PhaseOutcome:
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.entry", *argv],
+            cwd=workdir,
+            env=self._env(workdir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=self._preexec,
+        )
+        outcome = PhaseOutcome(exit_code=None, timed_out=False, seconds=0.0)
+        pump = pump_lines(proc.stdout, phase, emit, outcome.tail, self.limits.log_bytes)
+        try:
+            outcome.exit_code = proc.wait(timeout=wall_s)
+        except subprocess.TimeoutExpired:
+            outcome.timed_out = True
+        finally:
+            # Kill the whole group: the candidate's children die with it, wall or not.
+            _killpg(proc.pid)
+            proc.wait()
+            pump.join(timeout=5)
+            proc.stdout.close()
+        outcome.seconds = time.monotonic() - start
+        return outcome
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL the phase when the worker's process dies (RQ kills its work-horse on a
+    stop command or a job timeout without running our finally)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,61 @@
+"""Worker settings, from the environment (the daemon sets them, the RQ work-horse reads them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_DATA_DIR = "AUTORESEARCH_DATA_DIR"
+ENV_RUNS_DIR = "AUTORESEARCH_RUNS_DIR"
+ENV_RUNNER = "AUTORESEARCH_RUNNER"
+ENV_GPU = "AUTORESEARCH_GPU"
+ENV_MEMORY_GB = "AUTORESEARCH_MEMORY_GB"
+
+# Where a run's per-experiment folders live, relative to the working directory.
+DEFAULT_RUNS_DIR = Path("workspace/runs")
+# How long a log stream stays in Redis after its last line.
+STREAM_TTL_S = 7 * 24 * 3600
+STREAM_MAXLEN = 20_000
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "autoresearch" / "data"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    data_dir: Path  # the prepared data folder of this worker's profile
+    runs_dir: Path
+    runner: str = "process"
+    gpu: int | None = None
+    memory_gb: float | None = None
+
+    @classmethod
+    def from_env(cls) -> WorkerSettings:
+        gpu = os.environ.get(ENV_GPU, "")
+        mem = os.environ.get(ENV_MEMORY_GB, "")
+        return cls(
+            data_dir=Path(os.environ[ENV_DATA_DIR]),
+            runs_dir=Path(os.environ.get(ENV_RUNS_DIR, DEFAULT_RUNS_DIR)),
+            runner=os.environ.get(ENV_RUNNER, "process"),
+            gpu=int(gpu) if gpu else None,
+            memory_gb=float(mem) if mem else None,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        env = {
+            ENV_DATA_DIR: str(self.data_dir),
+            ENV_RUNS_DIR: str(self.runs_dir),
+            ENV_RUNNER: self.runner,
+        }
+        if self.gpu is not None:
+            env[ENV_GPU] = str(self.gpu)
+        if self.memory_gb is not None:
+            env[ENV_MEMORY_GB] = str(self.memory_gb)
+        return env
+
+
+def log_stream_key(tag: str, exp_id: str) -> str:
+    """The Redis stream holding one experiment's output lines and live metrics."""
+    return f"autoresearch:{tag}:log:{exp_id}"
