@@ -6,7 +6,6 @@ status, description) so existing notebooks read it; more columns follow.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +61,12 @@ class ResultsFile:
     def rows(self) -> list[dict[str, str]]:
         if not self.path.is_file():
             return []
-        with open(self.path, newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh, delimiter="\t"))
+        # Plain tab-split: fields are written flat (no tabs or newlines), never quoted.
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        if not lines:
+            return []
+        header = lines[0].split("\t")
+        return [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:] if line]
 
     def append(self, row: dict[str, Any]) -> None:
         """Write one complete line with a single write and fsync it: no half rows."""
@@ -84,7 +87,7 @@ class ResultsFile:
         if not self.path.is_file():
             return ""
         lines = self.path.read_text(encoding="utf-8").splitlines()
-        return "\n".join(lines[:1] + lines[1:][-n:])
+        return "\n".join(lines[:1] + (lines[1:][-n:] if n > 0 else []))
 
 
 def best_kept(rows: list[dict[str, str]]) -> dict[str, str] | None:

@@ -6,6 +6,7 @@ which the CLI prints as one line before exiting with code 2.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -19,7 +20,8 @@ from harness.profiles import PROFILES
 from orchestrator import defaults
 from worker.settings import DEFAULT_RUNS_DIR, default_data_root
 
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+RUNNERS = ("process",)
 
 
 class SettingsError(ValueError):
@@ -84,8 +86,15 @@ def _opt_int(v: str) -> int | None:
     return None if v == "" else int(v)
 
 
+def _float(v: str) -> float:
+    value = float(v)
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
+    return value
+
+
 def _opt_float(v: str) -> float | None:
-    return None if v == "" else float(v)
+    return None if v == "" else _float(v)
 
 
 def _choice(*options: str) -> Callable[[str], str]:
@@ -110,16 +119,16 @@ ENV: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "llm_base_url": (("AUTORESEARCH_LLM_BASE_URL", "OPENAI_BASE_URL"), str),
     "llm_api_key": (("AUTORESEARCH_LLM_API_KEY", "OPENAI_API_KEY"), str),
     "llm_model": (("AUTORESEARCH_LLM_MODEL", "OPENAI_MODEL"), str),
-    "llm_temperature": (("AUTORESEARCH_LLM_TEMPERATURE",), float),
-    "llm_timeout_s": (("AUTORESEARCH_LLM_TIMEOUT_S",), float),
-    "llm_price_in": (("AUTORESEARCH_LLM_PRICE_IN",), float),
-    "llm_price_out": (("AUTORESEARCH_LLM_PRICE_OUT",), float),
+    "llm_temperature": (("AUTORESEARCH_LLM_TEMPERATURE",), _float),
+    "llm_timeout_s": (("AUTORESEARCH_LLM_TIMEOUT_S",), _float),
+    "llm_price_in": (("AUTORESEARCH_LLM_PRICE_IN",), _float),
+    "llm_price_out": (("AUTORESEARCH_LLM_PRICE_OUT",), _float),
     "max_experiments": (("AUTORESEARCH_MAX_EXPERIMENTS",), _opt_int),
     "max_hours": (("AUTORESEARCH_MAX_HOURS",), _opt_float),
-    "min_delta": (("AUTORESEARCH_MIN_DELTA",), float),
+    "min_delta": (("AUTORESEARCH_MIN_DELTA",), _float),
     "seed": (("AUTORESEARCH_SEED",), _int),
     "local_workers": (("AUTORESEARCH_LOCAL_WORKERS",), _opt_int),
-    "runner": (("AUTORESEARCH_RUNNER",), _choice("process")),
+    "runner": (("AUTORESEARCH_RUNNER",), _choice(*RUNNERS)),
     "gpu": (("AUTORESEARCH_GPU",), _opt_int),
     "train_wall_s": (("AUTORESEARCH_TRAIN_WALL_S",), _opt_float),
     "eval_wall_s": (("AUTORESEARCH_EVAL_WALL_S",), _opt_float),
@@ -160,8 +169,12 @@ def check(s: Settings) -> None:
     def bad(name: str, why: str) -> SettingsError:
         return SettingsError(f"{name}={getattr(s, name)!r}: {why}")
 
-    if s.tag is not None and not TAG_RE.match(s.tag):
+    if s.tag is not None and not TAG_RE.fullmatch(s.tag):
         raise bad("tag", "use letters, digits, '-' and '_' (at most 64, starting alphanumeric)")
+    if s.proposer not in ("auto", "llm", "mutate"):
+        raise bad("proposer", "must be auto, llm or mutate")
+    if s.runner not in RUNNERS:
+        raise bad("runner", f"must be one of {', '.join(RUNNERS)}")
     if s.profile not in ("auto", *PROFILES):
         raise bad("profile", f"must be auto or one of {', '.join(PROFILES)}")
     for name in ("max_experiments", "local_workers"):
@@ -170,13 +183,13 @@ def check(s: Settings) -> None:
             raise bad(name, "must be 0 or more")
     for name in ("max_hours", "train_wall_s", "eval_wall_s", "memory_gb", "llm_timeout_s"):
         value = getattr(s, name)
-        if value is not None and value <= 0:
+        if value is not None and not value > 0:
             raise bad(name, "must be positive")
-    if s.min_delta < 0:
+    if not s.min_delta >= 0:
         raise bad("min_delta", "must be 0 or more")
     if not 0 <= s.llm_temperature <= 2:
         raise bad("llm_temperature", "must be between 0 and 2")
-    if s.llm_price_in < 0 or s.llm_price_out < 0:
+    if not (s.llm_price_in >= 0 and s.llm_price_out >= 0):
         raise SettingsError("llm prices must be 0 or more")
     if s.gpu is not None and s.gpu < 0:
         raise bad("gpu", "must be a GPU index, 0 or more")

@@ -79,13 +79,15 @@ def _format(value: int | float) -> str:
 
 
 def rewrite(source: str, changes: dict[Constant, int | float]) -> str:
-    lines = source.splitlines(keepends=True)
+    # Split on "\n" alone: str.splitlines also breaks at form feeds and the like, which
+    # the AST's line numbers do not count.
+    lines = source.split("\n")
     for const, value in sorted(changes.items(), key=lambda kv: (kv[0].line, -kv[0].col)):
         row = lines[const.line - 1]
         encoded = row.encode()
         new = encoded[: const.col] + _format(value).encode() + encoded[const.end_col :]
         lines[const.line - 1] = new.decode()
-    return "".join(lines)
+    return "\n".join(lines)
 
 
 class MutateProposer:

@@ -1,0 +1,124 @@
+"""Shared fixtures: a real Redis, real git repositories, a real tiny prepared corpus."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+from harness.prepare import prepare
+from harness.profiles import get_profile
+from orchestrator.redis_server import PrivateRedis
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORDS = (
+    "the model learns to predict the next token from the bytes of text while "
+    "validation stays fixed and every result is measured in bits per byte under a budget"
+).split()
+
+
+def write_corpus(folder: Path, files: int = 80, seed: int = 0) -> Path:
+    """Deterministic, learnable text: sentences from a small vocabulary, some non-ASCII."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        paras = []
+        for _ in range(rng.randint(3, 8)):
+            sentence = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 15)))
+            paras.append(sentence.capitalize() + rng.choice([".", "!", " — ok.", " ünïcode ✓."]))
+        (folder / f"doc_{i:03d}.txt").write_text("\n\n".join(paras), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    with PrivateRedis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    client = redis_lib.Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, corpus) -> Path:
+    """A prepared cpu-profile data folder from the tiny corpus."""
+    out = tmp_path_factory.mktemp("data") / "cpu"
+    prepare(out, get_profile("cpu"), source="local", local_dir=corpus)
+    return out
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+            "PATH": "/usr/bin:/bin:/usr/local/bin",
+            "HOME": str(repo),
+        },
+    ).stdout
+
+
+TINY_TRAIN = '''\
+"""A tiny candidate for tests: a bigram model, trained with Adam."""
+import torch
+import torch.nn.functional as F
+
+LR = 0.03  # learning rate
+BATCH_SIZE = 16  # rows per step
+DIM = 32  # embedding width
+
+
+def build_model(ctx):
+    torch.manual_seed(ctx.seed)
+    model = torch.nn.Sequential(torch.nn.Embedding(ctx.vocab_size, DIM), torch.nn.Linear(DIM, ctx.vocab_size))
+    return model.to(ctx.device)
+
+
+def train(model, ctx):
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    for step, (x, y) in enumerate(ctx.batches(BATCH_SIZE)):
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 20 == 0:
+            ctx.log(step=step, loss=loss)
+'''
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A real git repository holding workspace/train.py (the tiny candidate) and program.md."""
+    path = tmp_path / "repo"
+    (path / "workspace").mkdir(parents=True)
+    (path / "workspace" / "train.py").write_text(TINY_TRAIN)
+    (path / "program.md").write_text(
+        (REPO_ROOT / "program.md").read_text()
+        if (REPO_ROOT / "program.md").exists()
+        else "# program\n"
+    )
+    (path / ".gitignore").write_text("workspace/runs/\n")
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", ".")
+    git(path, "commit", "-qm", "initial")
+    return path

@@ -1,0 +1,194 @@
+"""The research loop end to end: real Redis, real worker processes, real git, real training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from harness.manifest import load_manifest
+from harness.profiles import get_profile
+from orchestrator.gitstore import GitStore
+from orchestrator.local_workers import LocalWorkers
+from orchestrator.loop import Research, budget_for
+from orchestrator.proposers.llm import LLMProposer
+from orchestrator.results import ResultsFile
+from tests.conftest import git
+from tests.llm_server import ScriptedLLMServer
+from worker import contract
+from worker.settings import WorkerSettings
+
+FAST = ["--train-wall", "6", "--eval-wall", "20"]
+
+
+def cli(repo: Path, data_dir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "AUTORESEARCH", "REDIS"))
+    }
+    env["AUTORESEARCH_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_run_end_to_end_then_resume(repo, data_dir):
+    proc = cli(
+        repo, data_dir, "run", "--tag", "e2e", "--max-experiments", "2", "--seed", "1", *FAST
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best val_bpb:" in proc.stdout and "CPU seconds used:" in proc.stdout
+    # Each embedded default is announced.
+    for event in ("default.profile", "default.redis", "default.proposer", "default.workers"):
+        assert event in proc.stderr
+
+    results = ResultsFile(repo / "workspace/runs/e2e/results.tsv")
+    rows = results.rows()
+    assert [r["id"] for r in rows] == ["0000", "0001", "0002"]
+    assert rows[0]["status"] == "keep" and rows[0]["description"] == "baseline"
+    assert all(r["status"] in ("keep", "discard", "crash", "oom", "nan", "timeout") for r in rows)
+    assert float(rows[0]["val_bpb"]) > 0
+
+    # The branch holds the initial commit plus exactly the kept candidates, in order.
+    kept = [r["commit"] for r in rows[1:] if r["status"] == "keep"]
+    on_branch = git(repo, "rev-list", "--reverse", "autoresearch/e2e").split()
+    assert [c[:7] for c in on_branch[1:]] == kept
+    # Every candidate, kept or not, is pinned; the user's branch and tree are untouched.
+    for r in rows[1:]:
+        ref = f"refs/autoresearch/e2e/candidates/{r['id']}"
+        assert git(repo, "rev-parse", ref).startswith(r["commit"])
+    assert git(repo, "status", "--porcelain") == ""
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD").strip() == "main"
+
+    for r in rows:
+        folder = repo / "workspace/runs/e2e" / r["id"]
+        output = (folder / "output.log").read_text()
+        assert "@metrics" in output
+        assert ("val_bpb:" in output) == (r["status"] in ("keep", "discard")), r
+        events = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+        assert {e["event"] for e in events} >= {"experiment.start", "output", "experiment.end"}
+        assert json.loads((folder / "decision.json").read_text())["decision"] == r["status"]
+    assert "+" in (repo / "workspace/runs/e2e/0001/candidate.diff").read_text()
+    log = (repo / "workspace/runs/e2e/orchestrator.jsonl").read_text().splitlines()
+    assert any(json.loads(line)["event"] == "run.end" for line in log)
+
+    # A second run on the same tag resumes: no second baseline, ids continue.
+    proc = cli(repo, data_dir, "run", "--tag", "e2e", "--max-experiments", "1", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = results.rows()
+    assert [r["id"] for r in rows] == ["0000", "0001", "0002", "0003"]
+    assert [r["description"] for r in rows].count("baseline") == 1
+
+    status = cli(repo, data_dir, "status", "--tag", "e2e")
+    assert status.returncode == 0
+    assert "4 experiments" in status.stdout and "best val_bpb" in status.stdout
+
+
+GOOD = "DESCRIPTION: raise the learning rate\n<<<<<<< SEARCH\nLR = 0.03  # learning rate\n=======\nLR = 0.05  # learning rate\n>>>>>>> REPLACE\n"
+BAD_REPLIES = {
+    "no edit": ("DESCRIPTION: nothing\nI would change the learning rate.", "no SEARCH/REPLACE"),
+    "does not apply": (GOOD.replace("LR = 0.03", "LR = 0.99"), "does not match"),
+    "another file": (
+        "DESCRIPTION: x\nharness/evaluate.py\n" + GOOD.split("\n", 1)[1],
+        "another file",
+    ),
+    "syntax error": (GOOD.replace("LR = 0.05", "LR = = 0.05"), "syntax error"),
+    "missing build_model": (
+        "DESCRIPTION: rename\n<<<<<<< SEARCH\ndef build_model(ctx):\n=======\ndef make(ctx):\n>>>>>>> REPLACE\n",
+        "build_model",
+    ),
+    "over the size limit": (
+        GOOD.replace("LR = 0.05  # learning rate", "LR = 0.05\n" + "#" * 70_000),
+        "over the",
+    ),
+}
+
+
+@pytest.fixture
+def research(repo, data_dir, redis_client, tmp_path):
+    def make(proposer):
+        profile = get_profile("cpu")
+        r = Research(
+            tag="t",
+            git=GitStore(repo),
+            redis=redis_client,
+            proposer=proposer,
+            profile=profile,
+            fingerprint=load_manifest(data_dir)["fingerprint"],
+            budget=budget_for(profile, 6.0, 20.0),
+            runs_dir=tmp_path / "runs",
+        )
+        r.frontier, _ = r.git.start_branch("t")
+        return r
+
+    return make
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REPLIES))
+def test_bad_llm_reply_is_rejected_and_never_queued(research, redis_client, case):
+    reply, reason = BAD_REPLIES[case]
+    with ScriptedLLMServer([reply]) as server:
+        proposer = LLMProposer(
+            base_url=server.base_url,
+            api_key="k",
+            model="m",
+            temperature=0,
+            system_prompt="p",
+            format_retries=0,
+        )
+        r = research(proposer)
+        r.best = 3.0
+        tip = r.frontier
+        r.step()
+    row = r.results.rows()[-1]
+    assert row["status"] == "rejected"
+    assert reason in row["error"]
+    assert Queue(contract.QUEUE_NAME, connection=redis_client, serializer=JSONSerializer).count == 0
+    assert r.git.candidate_ids("t") == []
+    assert r.git.resolve(r.git.branch("t")) == tip
+
+
+def test_crash_keeps_branch_and_loop_goes_on(
+    research, redis_server, redis_client, data_dir, tmp_path
+):
+    crash = GOOD.replace(
+        "LR = 0.05  # learning rate",
+        "LR = 0.05  # learning rate\nraise SystemError('candidate broke')",
+    )
+    settings = WorkerSettings(data_dir=data_dir, runs_dir=tmp_path / "runs")
+    workers = LocalWorkers(1, redis_server.url, settings, tmp_path / "logs").start()
+    try:
+        with ScriptedLLMServer([crash, GOOD]) as server:
+            proposer = LLMProposer(
+                base_url=server.base_url,
+                api_key="k",
+                model="m",
+                temperature=0,
+                system_prompt="p",
+                format_retries=0,
+            )
+            r = research(proposer)
+            r.best = 100.0  # any score keeps
+            tip = r.frontier
+            r.step()
+            assert r.results.rows()[-1]["status"] == "crash"
+            assert "candidate broke" in r.results.rows()[-1]["error"]
+            assert r.git.resolve(r.git.branch("t")) == tip
+            r.step()
+            # The proposer saw the failure's log tail in its next request.
+            assert "candidate broke" in json.dumps(server.requests[-1]["messages"])
+    finally:
+        workers.stop()
+    last = r.results.rows()[-1]
+    assert last["status"] == "keep", last
+    assert r.git.resolve(r.git.branch("t")).startswith(last["commit"])

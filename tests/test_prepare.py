@@ -1,0 +1,238 @@
+"""prepare: the manifest, its fingerprint, the shards and the train/validation split."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import manifest as mf
+from harness import prepare as pp
+from harness import tokenizer as tk
+from harness.profiles import get_profile
+
+CPU = get_profile("cpu")
+
+
+def _docs_of(path: Path, tok, bos: int) -> list[str]:
+    """Decode a shard back into its documents (split at BOS)."""
+    tokens = np.fromfile(path, dtype=np.uint16).tolist()
+    assert tokens and tokens[0] == bos
+    starts = [i for i, t in enumerate(tokens) if t == bos] + [len(tokens)]
+    return [
+        b"".join(tk.token_bytes(tok, t) for t in tokens[a + 1 : b]).decode("utf-8")
+        for a, b in itertools.pairwise(starts)
+    ]
+
+
+def _split(corpus: Path) -> tuple[list[str], list[str]]:
+    """The corpus's documents by the prepare module's rule on relative paths."""
+    train, val = [], []
+    for rel, doc in pp.local_documents(corpus):
+        (val if pp._is_val(rel) else train).append(doc)
+    return train, val
+
+
+@pytest.fixture(scope="module")
+def manifest(data_dir):
+    return mf.load_manifest(data_dir)
+
+
+def test_manifest_has_fingerprint_tokenizer_train_and_val(data_dir, manifest):
+    assert len(manifest["fingerprint"]) == 16
+    assert manifest["fingerprint"] == mf.fingerprint(manifest)
+    assert manifest["version"] == mf.MANIFEST_VERSION
+    assert manifest["profile"] == CPU.to_dict()
+    tok_info = manifest["tokenizer"]
+    assert tok_info["bos_id"] == 0
+    tok = tk.load(data_dir / tok_info["file"])
+    assert tok_info["vocab_size"] == tok.get_vocab_size(with_added_tokens=True)
+    assert tok_info["vocab_size"] <= CPU.vocab_size
+    lengths = np.load(data_dir / tok_info["token_bytes"])
+    assert np.array_equal(lengths, tk.token_byte_lengths(tok))
+    assert manifest["train"] and manifest["val"]["tokens"] > 0
+    for shard in [*manifest["train"], manifest["val"]]:
+        path = data_dir / shard["file"]
+        assert path.stat().st_size == 2 * shard["tokens"]
+        assert np.fromfile(path, dtype=np.uint16)[0] == tok_info["bos_id"]
+    assert manifest["source"]["kind"] == "local"
+
+
+def test_every_checksum_matches_its_file(data_dir, manifest):
+    files = [manifest["tokenizer"], *manifest["train"], manifest["val"]]
+    for rec in files:
+        assert rec["sha256"] == mf.sha256_file(data_dir / rec["file"]), rec["file"]
+
+
+def test_split_follows_the_path_rule_and_no_validation_document_is_trained_on(
+    corpus, data_dir, manifest
+):
+    train_docs, val_docs = _split(corpus)
+    assert train_docs and val_docs
+    tok = tk.load(data_dir / manifest["tokenizer"]["file"])
+    bos = manifest["tokenizer"]["bos_id"]
+    in_train = [d for s in manifest["train"] for d in _docs_of(data_dir / s["file"], tok, bos)]
+    in_val = _docs_of(data_dir / manifest["val"]["file"], tok, bos)
+    # The tiny corpus fits in the budgets: every document is there, whole and in order.
+    assert in_train == train_docs
+    assert in_val == val_docs
+    assert not set(in_train) & set(val_docs)
+    rels = {rel for rel, _ in pp.local_documents(corpus)}
+    assert any(pp._is_val(r) for r in rels) and not all(pp._is_val(r) for r in rels)
+
+
+def test_same_corpus_gives_the_same_fingerprint(tmp_path, corpus, manifest):
+    # Another folder, another name: the fingerprint is about the data, not where it lies.
+    copy = shutil.copytree(corpus, tmp_path / "elsewhere")
+    again = pp.prepare(tmp_path / "out", CPU, source="local", local_dir=copy)
+    assert again["fingerprint"] == manifest["fingerprint"]
+    assert again["tokenizer"]["sha256"] == manifest["tokenizer"]["sha256"]
+
+
+def test_changing_the_corpus_changes_the_fingerprint(tmp_path, corpus, manifest):
+    copy = shutil.copytree(corpus, tmp_path / "changed")
+    first = sorted(copy.glob("*.txt"))[0]
+    first.write_text(first.read_text(encoding="utf-8") + " one more word", encoding="utf-8")
+    changed = pp.prepare(tmp_path / "out", CPU, source="local", local_dir=copy)
+    assert changed["fingerprint"] != manifest["fingerprint"]
+
+
+def test_changing_the_profile_changes_the_fingerprint(tmp_path, corpus, manifest):
+    profile = dataclasses.replace(CPU, seq_len=64)
+    other = pp.prepare(tmp_path / "out", profile, source="local", local_dir=corpus)
+    assert other["train"] == manifest["train"]
+    assert other["fingerprint"] != manifest["fingerprint"]
+
+
+def test_preparing_again_replaces_the_old_folder(tmp_path, corpus):
+    out = tmp_path / "out"
+    small = dataclasses.replace(CPU, max_train_tokens=500)
+    pp.prepare(out, small, source="local", local_dir=corpus)
+    (out / mf.TRAIN_DIR / "train_00099.bin").write_bytes(b"stale")
+    m = pp.prepare(out, CPU, source="local", local_dir=corpus)
+    assert sorted(p.name for p in (out / mf.TRAIN_DIR).iterdir()) == [
+        Path(s["file"]).name for s in m["train"]
+    ]
+    assert mf.load_manifest(out) == m
+
+
+def test_val_is_cropped_to_the_profile_val_tokens(tmp_path, corpus, data_dir, manifest):
+    full = np.fromfile(data_dir / manifest["val"]["file"], dtype=np.uint16)
+    cap = len(full) // 2
+    profile = dataclasses.replace(CPU, val_tokens=cap)
+    m = pp.prepare(tmp_path / "out", profile, source="local", local_dir=corpus)
+    val = np.fromfile(tmp_path / "out" / m["val"]["file"], dtype=np.uint16)
+    assert m["val"]["tokens"] == len(val) == cap <= profile.val_tokens
+    assert np.array_equal(val, full[:cap])
+    assert len(full) <= CPU.val_tokens
+
+
+def test_train_is_cropped_to_max_train_tokens(tmp_path, corpus, data_dir, manifest):
+    profile = dataclasses.replace(CPU, max_train_tokens=1000)
+    m = pp.prepare(tmp_path / "out", profile, source="local", local_dir=corpus)
+    assert sum(s["tokens"] for s in m["train"]) == 1000
+    full = np.fromfile(data_dir / manifest["train"][0]["file"], dtype=np.uint16)
+    got = np.concatenate(
+        [np.fromfile(tmp_path / "out" / s["file"], dtype=np.uint16) for s in m["train"]]
+    )
+    assert np.array_equal(got, full[:1000])
+
+
+def test_train_is_cut_into_shards_that_each_start_with_bos(tmp_path, corpus, monkeypatch):
+    monkeypatch.setattr(pp, "TRAIN_SHARD_TOKENS", 1500)
+    m = pp.prepare(tmp_path / "out", CPU, source="local", local_dir=corpus)
+    assert len(m["train"]) >= 3
+    names = [Path(s["file"]).name for s in m["train"]]
+    assert names == [f"train_{i:05d}.bin" for i in range(len(names))]
+    for s in m["train"]:
+        arr = np.fromfile(tmp_path / "out" / s["file"], dtype=np.uint16)
+        assert len(arr) == s["tokens"]
+        assert 0 < len(arr) <= 1500
+        assert arr[0] == m["tokenizer"]["bos_id"]
+    assert all(s["tokens"] == 1500 for s in m["train"][:-1])
+    assert sorted(p.name for p in (tmp_path / "out" / mf.TRAIN_DIR).iterdir()) == names
+
+
+def test_emit_reports_the_steps(tmp_path, corpus):
+    events = []
+    m = pp.prepare(
+        tmp_path / "out",
+        CPU,
+        source="local",
+        local_dir=corpus,
+        emit=lambda event, **kw: events.append((event, kw)),
+    )
+    names = [e for e, _ in events]
+    assert names[0] == "prepare.read"
+    assert names[-1] == "prepare.done"
+    assert {"prepare.tokenizer", "prepare.tokenize", "prepare.shard"} <= set(names)
+    assert events[-1][1]["fingerprint"] == m["fingerprint"]
+    assert events[-1][1]["val_tokens"] == m["val"]["tokens"]
+
+
+def test_load_manifest_on_an_empty_folder_says_not_prepared(tmp_path):
+    with pytest.raises(mf.DataNotPrepared, match="prepare"):
+        mf.load_manifest(tmp_path)
+    assert issubclass(mf.DataNotPrepared, FileNotFoundError)
+
+
+def test_bad_sources_are_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pp.prepare(tmp_path / "out", CPU, source="local", local_dir=tmp_path / "missing")
+    few = tmp_path / "few"
+    few.mkdir()
+    (few / "a.txt").write_text("only one file\n")
+    with pytest.raises(ValueError, match="too few text files"):
+        pp.prepare(tmp_path / "out", CPU, source="local", local_dir=few)
+    with pytest.raises(ValueError, match="unknown source"):
+        pp.prepare(tmp_path / "out", CPU, source="ftp", local_dir=few)
+
+
+def test_local_documents_skip_caches_and_undecodable_files(tmp_path):
+    folder = tmp_path / "src"
+    (folder / "pkg" / "__pycache__").mkdir(parents=True)
+    (folder / "pkg" / "a.py").write_text("x = 1\n")
+    (folder / "pkg" / "__pycache__" / "a.txt").write_text("cached\n")
+    (folder / "notes.md").write_text("# notes\n")
+    (folder / "latin1.txt").write_bytes(b"caf\xe9\n")
+    (folder / "image.png").write_bytes(b"\x89PNG")
+    got = list(pp.local_documents(folder))
+    assert got == [("notes.md", "# notes\n"), ("pkg/a.py", "x = 1\n")]
+
+
+def test_local_documents_skip_dirs_only_apply_inside_the_folder(tmp_path):
+    # A source folder that itself lies under a site-packages folder is still read.
+    folder = tmp_path / "site-packages" / "somepkg"
+    folder.mkdir(parents=True)
+    (folder / "README.md").write_text("hello\n")
+    assert list(pp.local_documents(folder)) == [("README.md", "hello\n")]
+
+
+def test_split_document_respects_max_chars_and_loses_nothing():
+    paras = [("word " * n).strip() for n in (3, 40, 7, 1, 90, 12, 12, 5, 60, 2)]
+    text = "\n\n".join(paras)
+    for max_chars in (50, 120, 300, 1000, 10_000):
+        pieces = list(pp.split_document(text, max_chars))
+        assert "\n\n".join(pieces) == text
+        for piece in pieces:
+            assert len(piece) <= max_chars or "\n\n" not in piece
+        # Greedy: a piece and the next paragraph together would not have fit.
+        for a, b in itertools.pairwise(pieces):
+            assert len(a) + 2 + len(b.split("\n\n")[0]) > max_chars
+    assert list(pp.split_document(text, 10_000)) == [text]
+    assert len(list(pp.split_document(text, 120))) > 3
+
+
+def test_split_document_keeps_a_long_paragraph_whole():
+    long = "x" * 500
+    pieces = list(pp.split_document(f"a\n\n{long}\n\nb", 100))
+    assert pieces == ["a", long, "b"]
+
+
+def test_split_document_drops_blank_text():
+    assert list(pp.split_document("")) == []
+    assert list(pp.split_document("\n\n  \n\n")) == []

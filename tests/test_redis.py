@@ -1,0 +1,121 @@
+"""Redis: a clear one-line failure for a wrong URL, and a private server that comes and goes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+from orchestrator.redis_server import PrivateRedis, RedisUnavailable, connect
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_connect_to_closed_port_is_one_clear_line_without_the_password():
+    port = closed_port()
+    with pytest.raises(RedisUnavailable) as info:
+        connect(f"redis://:secret@127.0.0.1:{port}/0", timeout_s=2)
+    message = str(info.value)
+    assert message.startswith("cannot reach Redis at ")
+    assert f"127.0.0.1:{port}/0" in message
+    assert "secret" not in message
+    assert "\n" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_connect_without_password_names_the_url():
+    port = closed_port()
+    with pytest.raises(RedisUnavailable, match=f"redis://127.0.0.1:{port}/0"):
+        connect(f"redis://127.0.0.1:{port}/0", timeout_s=2)
+
+
+def test_connect_to_a_live_server(redis_server, redis_client):
+    client = connect(redis_server.url)
+    assert client.ping() is True
+    client.set("k", "v")
+    assert redis_client.get("k") == b"v"
+
+
+def test_private_redis_answers_ping_and_stops_on_exit():
+    with PrivateRedis() as server:
+        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        client = redis_lib.Redis.from_url(server.url)
+        assert client.ping() is True
+        client.set("x", "1")
+        assert client.get("x") == b"1"
+        assert accepts(server.port)
+        client.close()
+        proc = server._proc
+        data_dir = Path(server._dir.name)
+        assert data_dir.is_dir()
+    assert proc.poll() is not None
+    assert not accepts(server.port)
+    assert not data_dir.exists()
+    with pytest.raises(RedisUnavailable):
+        connect(server.url, timeout_s=2)
+
+
+def test_private_redis_stop_is_idempotent():
+    server = PrivateRedis().start()
+    server.stop()
+    server.stop()
+    assert not accepts(server.port)
+
+
+def test_cli_run_with_unreachable_redis_exits_1(repo, tmp_path, data_dir):
+    home = tmp_path / "home"
+    home.mkdir()
+    port = closed_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AUTORESEARCH_", "OPENAI_", "XDG_")) and k != "REDIS_URL"
+    }
+    env.update(
+        HOME=str(home),
+        REDIS_URL=f"redis://:secret@127.0.0.1:{port}/0",
+        AUTORESEARCH_DATA_DIR=str(data_dir),
+        AUTORESEARCH_PROFILE="cpu",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "run", "--tag", "t1"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("autoresearch: error:")]
+    assert errors == [lines[-1]], proc.stderr
+    assert errors[0].startswith(
+        f"autoresearch: error: cannot reach Redis at redis://***@127.0.0.1:{port}/0"
+    )
+    assert "Traceback" not in proc.stderr
+    assert "secret" not in proc.stderr + proc.stdout
+    # It failed before starting anything: no branch, no candidate.
+    refs = subprocess.run(
+        ["git", "for-each-ref", "refs/heads/autoresearch/", "refs/autoresearch/"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert refs == ""

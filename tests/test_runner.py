@@ -1,0 +1,154 @@
+"""The process runner on real subprocesses: every outcome a candidate can have."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_TRAIN
+from worker import contract
+from worker.runner import Limits, ProcessRunner
+
+BUDGET = {"train_wall_s": 6.0, "save_margin_s": 1.5, "return_grace_s": 0.7, "eval_wall_s": 20.0}
+
+
+def run(data_dir: Path, tmp_path: Path, source: str, budget: dict | None = None, limits=None):
+    spec = contract.make_spec(
+        id="t",
+        tag="t",
+        parent="p",
+        commit="c",
+        source=source,
+        profile="cpu",
+        fingerprint="f",
+        budget=budget or BUDGET,
+        seed=0,
+        description="test",
+    )
+    lines: list[tuple[str, str]] = []
+    runner = ProcessRunner(data_dir, limits)
+    fields = runner.run(spec, tmp_path / "work", lambda phase, line: lines.append((phase, line)))
+    return contract.make_result(spec, **fields), lines
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped by whoever adopted it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "\tZ" in status.read_text().split("State:")[1].split("\n")[0])
+
+
+def test_ok_candidate_scores_and_streams(data_dir, tmp_path):
+    result, lines = run(data_dir, tmp_path, TINY_TRAIN)
+    assert result["status"] == "ok", result["log_tail"]
+    assert 0 < result["val_bpb"] < 20
+    assert result["tokens"] > 0 and result["steps"] > 0 and result["params"] > 0
+    # The budget gate stopped training before the wall, with room to save.
+    assert result["training_s"] < BUDGET["train_wall_s"]
+    for key in ("startup_s", "first_step_s", "save_s", "eval_s", "train_phase_s", "total_s"):
+        assert result[key] is not None and result[key] >= 0, key
+    phases = [p for p, _ in lines]
+    assert phases.index("eval") > phases.index("train")  # streamed in order
+    assert any(line.startswith("@metrics ") for _, line in lines)
+    assert any(line.startswith("val_bpb:") for _, line in lines)
+
+
+def test_raising_candidate_is_a_crash_with_reason(data_dir, tmp_path):
+    source = TINY_TRAIN.replace(
+        "    opt = torch", "    raise RuntimeError('boom in train')\n    opt = torch"
+    )
+    result, _ = run(data_dir, tmp_path, source)
+    assert result["status"] == "crash"
+    assert "boom in train" in result["error"]
+    assert result["val_bpb"] is None
+
+
+def test_nan_logits_are_status_nan(data_dir, tmp_path):
+    source = TINY_TRAIN + (
+        "\n\nclass NanModel(torch.nn.Module):\n"
+        "    def __init__(self, inner):\n"
+        "        super().__init__()\n"
+        "        self.inner = inner\n"
+        "    def forward(self, x):\n"
+        "        return self.inner(x) * float('nan')\n"
+        "\n\n_build = build_model\n"
+        "def build_model(ctx):\n"
+        "    return NanModel(_build(ctx))\n"
+    )
+    result, _ = run(data_dir, tmp_path, source)
+    assert result["status"] == "nan", result["log_tail"]
+
+
+def test_hang_is_killed_at_the_wall_with_its_children(data_dir, tmp_path):
+    source = (
+        "import subprocess, time, torch\n"
+        "def build_model(ctx):\n"
+        "    return torch.nn.Linear(1, 1)\n"
+        "def train(model, ctx):\n"
+        "    child = subprocess.Popen(['sleep', '600'])\n"
+        "    open('child.pid', 'w').write(str(child.pid))\n"
+        "    while True:\n"
+        "        time.sleep(0.05)\n"
+    )
+    result, _ = run(data_dir, tmp_path, source)
+    assert result["status"] == "timeout"
+    assert "wall" in result["error"]
+    assert BUDGET["train_wall_s"] <= result["train_phase_s"] < BUDGET["train_wall_s"] + 3
+    pid = int((tmp_path / "work" / "child.pid").read_text())
+    assert not alive(pid)
+
+
+def test_late_return_is_overtime(data_dir, tmp_path):
+    # Returns 1.5 s late: past the 0.5 s grace, before the wall (3 s of margin).
+    source = TINY_TRAIN + "    import time\n    time.sleep(1.5)\n"
+    budget = {**BUDGET, "save_margin_s": 3.0, "return_grace_s": 0.5}
+    result, _ = run(data_dir, tmp_path, source, budget)
+    assert result["status"] == "overtime"
+    assert "after the deadline" in result["error"]
+    assert result["val_bpb"] is None
+
+
+def test_unbounded_allocation_is_oom(data_dir, tmp_path):
+    source = TINY_TRAIN.replace(
+        "    opt = torch",
+        "    hog = []\n    while True:\n        hog.append(bytearray(2**26))\n    opt = torch",
+    )
+    budget = {**BUDGET, "train_wall_s": 30.0}
+    result, _ = run(data_dir, tmp_path, source, budget, limits=Limits(memory_bytes=2 * 2**30))
+    assert result["status"] == "oom", result["log_tail"]
+
+
+def test_no_secret_reaches_the_candidate(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2@localhost:6379/0")
+    source = TINY_TRAIN.replace(
+        "    opt = torch",
+        "    import os\n    print('ENV', sorted(os.environ.items()))\n    opt = torch",
+    )
+    result, lines = run(data_dir, tmp_path, source)
+    env_line = next(line for _, line in lines if line.startswith("ENV"))
+    assert "PATH" in env_line
+    assert "sk-test-secret" not in env_line and "hunter2" not in env_line
+    assert result["status"] == "ok"
+
+
+def test_exit_without_saving_is_a_crash(data_dir, tmp_path):
+    source = TINY_TRAIN.replace(
+        "    opt = torch", "    import os\n    os._exit(0)\n    opt = torch"
+    )
+    result, _ = run(data_dir, tmp_path, source)
+    assert result["status"] == "crash"
+    assert "without saving weights" in result["error"]
+
+
+@pytest.mark.parametrize("missing", ["build_model", "train"])
+def test_missing_contract_function_is_a_crash(data_dir, tmp_path, missing):
+    source = TINY_TRAIN.replace(f"def {missing}(", f"def renamed_{missing}(")
+    result, _ = run(data_dir, tmp_path, source)
+    assert result["status"] == "crash"
+    assert f"no {missing}()" in result["error"]
