@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-shards", type=int, default=8, help="parquet shards for training (http)")
     p.add_argument("--val-shard", type=int, help="the shard index held out for validation (http)")
     p.add_argument("--workers", type=int, default=8, help="parallel downloads (http)")
+    p.add_argument("--force", action="store_true", help="prepare again even if the data is there")
 
     p = sub.add_parser("run", help="start or resume the research loop on branch autoresearch/<tag>")
     _add_common(p)
@@ -147,12 +148,34 @@ def _profile(s: st.Settings, log: Any) -> tuple[Any, Path]:
     return get_profile(name), data_dir
 
 
+def _already_prepared(data_dir: Path, profile: Any, args: argparse.Namespace) -> bool:
+    from harness import manifest as mf
+
+    try:
+        existing = mf.load_manifest(data_dir)
+    except FileNotFoundError:
+        return False
+    source = existing.get("source", {})
+    if existing.get("profile") != profile.to_dict() or source.get("kind") != args.source:
+        return False
+    if args.source == "local":
+        from harness.prepare import default_local_dir
+
+        return source.get("folder") == (args.local_dir or default_local_dir()).name
+    return source.get("url_pattern") == (args.url_pattern or source.get("url_pattern"))
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from harness import manifest as mf
     from harness.prepare import prepare
 
     s = _settings(args)
     log = logs.get()
     profile, data_dir = _profile(s, log)
+    if not args.force and _already_prepared(data_dir, profile, args):
+        fingerprint = mf.load_manifest(data_dir)["fingerprint"]
+        print(f"already prepared: {data_dir} fingerprint {fingerprint} (--force to redo)")
+        return 0
     started = time.monotonic()
     manifest = prepare(
         data_dir,

@@ -104,13 +104,23 @@ def score(model, rows, prepared, batch_size=8):
     )
 
 
-def test_validation_rows_are_the_fixed_bos_aligned_rows(prepared):
-    rows = validation_rows(prepared["val"], prepared["bos"], prepared["seq_len"])
-    assert rows.ndim == 2 and rows.shape[1] == prepared["seq_len"] + 1
-    assert len(rows) >= 1
-    assert (rows[:, 0] == prepared["bos"]).all()
-    again = validation_rows(prepared["val"], prepared["bos"], prepared["seq_len"])
-    assert np.array_equal(rows, again)
+@pytest.mark.parametrize("seq_len", [None, 16, 40])
+def test_validation_rows_are_every_full_bos_aligned_row_in_order(prepared, seq_len):
+    seq_len = seq_len or prepared["seq_len"]
+    bos = prepared["bos"]
+    tokens = np.fromfile(prepared["val"], dtype=np.uint16).tolist()
+    starts = [i for i, t in enumerate(tokens) if t == bos] + [len(tokens)]
+    # Reference: documents one after another, the one that overflows a row cropped.
+    expected, row = [], []
+    for a, b in zip(starts, starts[1:], strict=False):
+        row.extend(tokens[a:b][: seq_len + 1 - len(row)])
+        if len(row) == seq_len + 1:
+            expected.append(row)
+            row = []
+    rows = validation_rows(prepared["val"], bos, seq_len)
+    assert rows.dtype == np.int64
+    assert rows.tolist() == expected
+    assert (rows[:, 0] == bos).all()
 
 
 def test_validation_shorter_than_a_row_is_an_error(prepared):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
+import random
 import shutil
 from pathlib import Path
 
@@ -87,18 +89,43 @@ def test_split_follows_the_path_rule_and_no_validation_document_is_trained_on(
 
 def test_same_corpus_gives_the_same_fingerprint(tmp_path, corpus, manifest):
     # Another folder, another name: the fingerprint is about the data, not where it lies.
-    copy = shutil.copytree(corpus, tmp_path / "elsewhere")
-    again = pp.prepare(tmp_path / "out", CPU, source="local", local_dir=copy)
+    moved = shutil.copytree(corpus, tmp_path / "elsewhere")
+    again = pp.prepare(tmp_path / "out", CPU, source="local", local_dir=moved)
     assert again["fingerprint"] == manifest["fingerprint"]
     assert again["tokenizer"]["sha256"] == manifest["tokenizer"]["sha256"]
 
 
-def test_changing_the_corpus_changes_the_fingerprint(tmp_path, corpus, manifest):
-    copy = shutil.copytree(corpus, tmp_path / "changed")
-    first = sorted(copy.glob("*.txt"))[0]
-    first.write_text(first.read_text(encoding="utf-8") + " one more word", encoding="utf-8")
-    changed = pp.prepare(tmp_path / "out", CPU, source="local", local_dir=copy)
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_changing_the_corpus_changes_the_fingerprint(tmp_path, corpus, manifest, split):
+    changed_dir = shutil.copytree(corpus, tmp_path / "changed")
+    rel = next(r for r, _ in pp.local_documents(changed_dir) if pp._is_val(r) == (split == "val"))
+    path = changed_dir / rel
+    path.write_text(path.read_text(encoding="utf-8") + " one more word", encoding="utf-8")
+    changed = pp.prepare(tmp_path / "out", CPU, source="local", local_dir=changed_dir)
     assert changed["fingerprint"] != manifest["fingerprint"]
+    assert changed["val"] != manifest["val"]
+    # The tokenizer is trained on train text only: a validation edit leaves it and train alone.
+    assert (changed["tokenizer"] != manifest["tokenizer"]) == (split == "train")
+    assert (changed["train"] != manifest["train"]) == (split == "train")
+
+
+def test_fingerprint_covers_every_shard_the_tokenizer_and_the_profile(manifest):
+    base = mf.fingerprint(manifest)
+    edits = [
+        lambda m: m["tokenizer"].update(sha256="0" * 64),
+        lambda m: m["train"][0].update(sha256="0" * 64),
+        lambda m: m["train"].append({"file": "x", "tokens": 1, "sha256": "0" * 64}),
+        lambda m: m["val"].update(sha256="0" * 64),
+        lambda m: m["profile"].update(val_tokens=1),
+    ]
+    for edit in edits:
+        m = copy.deepcopy(manifest)
+        edit(m)
+        assert mf.fingerprint(m) != base
+    # Where the source lay does not decide a score.
+    m = copy.deepcopy(manifest)
+    m["source"] = {"kind": "local", "folder": "other"}
+    assert mf.fingerprint(m) == base
 
 
 def test_changing_the_profile_changes_the_fingerprint(tmp_path, corpus, manifest):
@@ -225,6 +252,27 @@ def test_split_document_respects_max_chars_and_loses_nothing():
             assert len(a) + 2 + len(b.split("\n\n")[0]) > max_chars
     assert list(pp.split_document(text, 10_000)) == [text]
     assert len(list(pp.split_document(text, 120))) > 3
+
+
+def test_split_document_bounds_hold_for_random_paragraphs():
+    rng = random.Random(0)
+    for _ in range(300):
+        paras = ["y" * rng.randint(0, 40) for _ in range(rng.randint(1, 30))]
+        text = "\n\n".join(paras)
+        max_chars = rng.randint(5, 120)
+        pieces = list(pp.split_document(text, max_chars))
+        # Nothing is lost but trailing blank paragraphs.
+        joined = "\n\n".join(pieces)
+        assert text.startswith(joined) and not text[len(joined) :].strip()
+        for piece in pieces:
+            # Only a piece of one paragraph may exceed the limit (separators count).
+            assert len(piece) <= max_chars or "\n\n" not in piece, (piece, max_chars)
+
+
+def test_val_share_is_about_one_in_local_val_every():
+    rels = [f"pkg{i // 50}/module_{i}.py" for i in range(4000)]
+    share = sum(pp._is_val(r) for r in rels) / len(rels)
+    assert abs(share - 1 / pp.LOCAL_VAL_EVERY) < 0.015
 
 
 def test_split_document_keeps_a_long_paragraph_whole():
