@@ -24,11 +24,13 @@ class TokenShards:
         docs = []
         for i, arr in enumerate(self.shards):
             starts = np.flatnonzero(arr == bos_id)
+            if len(starts) == 0:
+                continue
             ends = np.append(starts[1:], len(arr))
             docs.append(np.stack([np.full_like(starts, i), starts, ends], axis=1))
-        self.docs = np.concatenate(docs)
-        if len(self.docs) == 0:
+        if not docs:
             raise ValueError("token shards hold no BOS-prefixed document")
+        self.docs = np.concatenate(docs)
 
     def rows(self, row_len: int, *, shuffle: bool, seed: int = 0) -> Iterator[np.ndarray]:
         """Endless rows (shuffled epochs) when shuffle, else one ordered pass."""

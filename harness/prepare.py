@@ -28,6 +28,8 @@ MAX_DOC_CHARS = 2000
 # Share of local documents (by a hash of their path) held out for validation.
 LOCAL_VAL_EVERY = 20
 TRAIN_SHARD_TOKENS = 100_000_000
+# Bytes-level BPE on text averages well under this many characters per token.
+CHARS_PER_TOKEN_MAX = 8
 # Installed packages are not part of the demo corpus: they differ between machines.
 SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 
@@ -62,7 +64,7 @@ def local_documents(
             p
             for pat in patterns
             for p in folder.rglob(pat)
-            if p.is_file() and not SKIP_DIRS & set(p.parts)
+            if p.is_file() and not SKIP_DIRS & set(p.relative_to(folder).parts)
         }
     )
     for path in files:
@@ -128,6 +130,8 @@ def prepare(
     """Build a prepared data folder and return its manifest (with the fingerprint)."""
     emit = emit or (lambda event, **kw: None)
     data_dir = Path(data_dir)
+    if source == "local" and local_dir is not None and not Path(local_dir).is_dir():
+        raise FileNotFoundError(f"local source folder {local_dir} does not exist")
     for sub in (mf.TOKENIZER_DIR, mf.TRAIN_DIR, mf.VAL_DIR):
         shutil.rmtree(data_dir / sub, ignore_errors=True)
         (data_dir / sub).mkdir(parents=True)
@@ -140,8 +144,19 @@ def prepare(
         emit("prepare.read", source="local", folder=str(folder))
         train_docs: list[str] = []
         val_docs: list[str] = []
+        # Stop reading once both splits surely hold more tokens than will be kept.
+        cap = CHARS_PER_TOKEN_MAX * profile.max_train_tokens if profile.max_train_tokens else None
+        val_cap = CHARS_PER_TOKEN_MAX * profile.val_tokens
+        train_chars = val_chars = 0
         for rel, doc in local_documents(folder):
-            (val_docs if _is_val(rel) else train_docs).append(doc)
+            if _is_val(rel):
+                val_docs.append(doc)
+                val_chars += len(doc)
+            elif cap is None or train_chars <= cap:
+                train_docs.append(doc)
+                train_chars += len(doc)
+            if cap is not None and train_chars > cap and val_chars > val_cap:
+                break
         if not train_docs or not val_docs:
             raise ValueError(f"{folder} holds too few text files to split train and validation")
         train_iter: Callable[[], Iterable[str]] = lambda: train_docs  # noqa: E731

@@ -72,6 +72,8 @@ def token_bytes(tok: Tokenizer, idx: int) -> bytes:
 def encode_documents(tok: Tokenizer, docs: Iterable[str], batch: int = 256) -> Iterator[np.ndarray]:
     """Yield uint16 token arrays, each a document prefixed with BOS (the packing anchor)."""
     bos = tok.token_to_id(BOS)
+    # Literal "<|bos|>" in a document is text, not a document boundary.
+    tok.encode_special_tokens = True
     chunk: list[str] = []
 
     def flush() -> Iterator[np.ndarray]:

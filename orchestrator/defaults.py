@@ -23,3 +23,5 @@ RESULT_TTL_S = 7 * 24 * 3600
 POLL_INTERVAL_S = 0.1
 # Infrastructure failures are retried this many times on a worker before being recorded.
 INFRA_RETRIES = 1
+# The unmodified train.py is tried this many times before the run gives up.
+BASELINE_ATTEMPTS = 2

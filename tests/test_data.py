@@ -191,7 +191,7 @@ def _context(data_dir: Path, deadline: float, seq_len: int = 16, seed: int = 0) 
 
 def test_context_batches_stop_at_the_deadline(data_dir):
     start = time.time()
-    ctx = _context(data_dir, deadline=start + 0.3)
+    ctx = _context(data_dir, deadline=start + 0.5)
     progress = [ctx.progress()]
     steps = 0
     for x, y in ctx.batches(4):
@@ -203,7 +203,7 @@ def test_context_batches_stop_at_the_deadline(data_dir):
         assert time.time() < start + 10, "batches() kept yielding long past the deadline"
     assert time.time() >= ctx.deadline
     assert ctx.stopped_by_deadline
-    assert steps == ctx.steps > 1
+    assert steps == ctx.steps >= 2
     assert ctx.tokens == steps * 4 * 16
     assert ctx.second_batch_at is not None
     assert start <= ctx.first_batch_at <= ctx.second_batch_at < ctx.deadline

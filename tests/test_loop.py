@@ -76,7 +76,7 @@ def test_run_end_to_end_then_resume(repo, data_dir):
         assert "@metrics" in output
         assert ("val_bpb:" in output) == (r["status"] in ("keep", "discard")), r
         events = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
-        assert {e["event"] for e in events} >= {"experiment.start", "output", "experiment.end"}
+        assert {e["event"] for e in events} >= {"experiment.start", "metrics", "experiment.end"}
         assert json.loads((folder / "decision.json").read_text())["decision"] == r["status"]
     assert "+" in (repo / "workspace/runs/e2e/0001/candidate.diff").read_text()
     log = (repo / "workspace/runs/e2e/orchestrator.jsonl").read_text().splitlines()
@@ -192,3 +192,123 @@ def test_crash_keeps_branch_and_loop_goes_on(
     last = r.results.rows()[-1]
     assert last["status"] == "keep", last
     assert r.git.resolve(r.git.branch("t")).startswith(last["commit"])
+
+
+def _wait_for(predicate, timeout_s: float = 120.0, what: str = "condition") -> None:
+    """Poll a condition of the real system (not a fixed sleep); fail after timeout_s."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _processes_under(folder: Path) -> list[int]:
+    """PIDs whose working directory lies inside folder (the runner's phases run there)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(str(folder)):
+            found.append(int(proc.name))
+    return found
+
+
+def test_ctrl_c_leaves_branch_and_results_consistent(repo, data_dir):
+    import signal
+
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "AUTORESEARCH", "REDIS"))
+    }
+    env["AUTORESEARCH_DATA_DIR"] = str(data_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "run", "--tag", "intr", "--train-wall", "30"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    runs = repo / "workspace/runs/intr"
+    try:
+        # Interrupt while the first candidate (after the baseline) is training.
+        _wait_for(lambda: "@metrics" in _read(runs / "0001" / "output.log"), what="0001 training")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "interrupted" in out
+    rows = ResultsFile(runs / "results.tsv").rows()
+    assert [r["id"] for r in rows] == ["0000"]  # the interrupted experiment has no row
+    assert rows[0]["status"] == "keep"
+    assert (
+        git(repo, "rev-parse", "autoresearch/intr").strip()
+        == git(repo, "rev-parse", "main").strip()
+    )
+    _wait_for(lambda: not _processes_under(runs), timeout_s=10, what="candidate processes to end")
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def test_run_with_the_llm_proposer(repo, data_dir):
+    with ScriptedLLMServer([GOOD]) as server:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("OPENAI", "AUTORESEARCH", "REDIS"))
+        }
+        env.update(
+            AUTORESEARCH_DATA_DIR=str(data_dir),
+            AUTORESEARCH_LLM_BASE_URL=server.base_url,
+            AUTORESEARCH_LLM_PRICE_IN="2",
+            AUTORESEARCH_LLM_PRICE_OUT="8",
+        )
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "run",
+                "--tag",
+                "llm",
+                "--max-experiments",
+                "1",
+                *FAST,
+            ],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "default.proposer" in proc.stderr and '"proposer": "llm"' in proc.stderr
+        system = server.requests[0]["messages"][0]
+        assert system["role"] == "system" and system["content"] == (repo / "program.md").read_text()
+    rows = ResultsFile(repo / "workspace/runs/llm/results.tsv").rows()
+    assert rows[1]["proposer"] == "llm"
+    assert rows[1]["description"] == "raise the learning rate"
+    assert int(rows[1]["prompt_tokens"]) > 0 and float(rows[1]["cost_usd"]) > 0
+    assert "LR = 0.05" in (repo / "workspace/runs/llm/0001/candidate.diff").read_text()
+
+
+def test_evaluate_prints_a_result(repo, data_dir):
+    proc = cli(repo, data_dir, "evaluate", "workspace/train.py", "--json", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["status"] == "ok" and result["val_bpb"] > 0 and result["tokens"] > 0
+    broken = repo / "broken.py"
+    broken.write_text("def build_model(ctx):\n    return None\n")
+    proc = cli(repo, data_dir, "evaluate", str(broken))
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("autoresearch: error:") and "def train(model, ctx)" in last

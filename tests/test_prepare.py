@@ -20,15 +20,20 @@ from harness.profiles import get_profile
 CPU = get_profile("cpu")
 
 
-def _docs_of(path: Path, tok, bos: int) -> list[str]:
-    """Decode a shard back into its documents (split at BOS)."""
+def _doc_bytes(path: Path, tok, bos: int) -> list[bytes]:
+    """The raw bytes of a shard's documents (split at BOS)."""
     tokens = np.fromfile(path, dtype=np.uint16).tolist()
     assert tokens and tokens[0] == bos
     starts = [i for i, t in enumerate(tokens) if t == bos] + [len(tokens)]
     return [
-        b"".join(tk.token_bytes(tok, t) for t in tokens[a + 1 : b]).decode("utf-8")
+        b"".join(tk.token_bytes(tok, t) for t in tokens[a + 1 : b])
         for a, b in itertools.pairwise(starts)
     ]
+
+
+def _docs_of(path: Path, tok, bos: int) -> list[str]:
+    """Decode a shard of whole documents back into their text."""
+    return [b.decode("utf-8") for b in _doc_bytes(path, tok, bos)]
 
 
 def _split(corpus: Path) -> tuple[list[str], list[str]]:
@@ -137,14 +142,26 @@ def test_changing_the_profile_changes_the_fingerprint(tmp_path, corpus, manifest
 
 def test_preparing_again_replaces_the_old_folder(tmp_path, corpus):
     out = tmp_path / "out"
-    small = dataclasses.replace(CPU, max_train_tokens=500)
-    pp.prepare(out, small, source="local", local_dir=corpus)
+    small = dataclasses.replace(CPU, max_train_tokens=2000)
+    first = pp.prepare(out, small, source="local", local_dir=corpus)
     (out / mf.TRAIN_DIR / "train_00099.bin").write_bytes(b"stale")
     m = pp.prepare(out, CPU, source="local", local_dir=corpus)
+    assert m["fingerprint"] != first["fingerprint"]
     assert sorted(p.name for p in (out / mf.TRAIN_DIR).iterdir()) == [
         Path(s["file"]).name for s in m["train"]
     ]
     assert mf.load_manifest(out) == m
+
+
+def test_a_small_train_budget_keeps_the_whole_validation_split(tmp_path, corpus):
+    # Cutting train short must not cut validation: its documents come from every file.
+    _, val_docs = _split(corpus)
+    small = dataclasses.replace(CPU, max_train_tokens=300)
+    m = pp.prepare(tmp_path / "out", small, source="local", local_dir=corpus)
+    tok = tk.load(tmp_path / "out" / m["tokenizer"]["file"])
+    in_val = _docs_of(tmp_path / "out" / m["val"]["file"], tok, m["tokenizer"]["bos_id"])
+    assert in_val == val_docs
+    assert sum(s["tokens"] for s in m["train"]) == 300
 
 
 def test_val_is_cropped_to_the_profile_val_tokens(tmp_path, corpus, data_dir, manifest):
@@ -158,15 +175,19 @@ def test_val_is_cropped_to_the_profile_val_tokens(tmp_path, corpus, data_dir, ma
     assert len(full) <= CPU.val_tokens
 
 
-def test_train_is_cropped_to_max_train_tokens(tmp_path, corpus, data_dir, manifest):
+def test_train_is_cropped_to_max_train_tokens(tmp_path, corpus):
+    train_docs, _ = _split(corpus)
     profile = dataclasses.replace(CPU, max_train_tokens=1000)
-    m = pp.prepare(tmp_path / "out", profile, source="local", local_dir=corpus)
+    out = tmp_path / "out"
+    m = pp.prepare(out, profile, source="local", local_dir=corpus)
     assert sum(s["tokens"] for s in m["train"]) == 1000
-    full = np.fromfile(data_dir / manifest["train"][0]["file"], dtype=np.uint16)
-    got = np.concatenate(
-        [np.fromfile(tmp_path / "out" / s["file"], dtype=np.uint16) for s in m["train"]]
-    )
-    assert np.array_equal(got, full[:1000])
+    tok = tk.load(out / m["tokenizer"]["file"])
+    docs = [d for s in m["train"] for d in _doc_bytes(out / s["file"], tok, 0)]
+    want = [d.encode("utf-8") for d in train_docs]
+    # The first documents in order, whole, then the one that crossed the budget, cropped.
+    assert len(docs) >= 2
+    assert docs[:-1] == want[: len(docs) - 1]
+    assert want[len(docs) - 1].startswith(docs[-1])
 
 
 def test_train_is_cut_into_shards_that_each_start_with_bos(tmp_path, corpus, monkeypatch):

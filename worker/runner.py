@@ -29,6 +29,16 @@ Emit = Callable[[str, str], None]
 
 HARNESS_ROOT = Path(__file__).resolve().parent.parent  # the folder holding harness/
 LOG_TAIL_LINES = 60
+PASSTHROUGH_ENV = (
+    "LD_LIBRARY_PATH",
+    "CUDA_HOME",
+    "CUDA_PATH",
+    "OMP_NUM_THREADS",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "TRITON_CACHE_DIR",
+    "LANG",
+    "LC_ALL",
+)
 
 
 class InfraError(RuntimeError):
@@ -237,7 +247,8 @@ class ProcessRunner(Runner):
             "CUDA_VISIBLE_DEVICES": "" if self.gpu is None else str(self.gpu),
             "TMPDIR": str(workdir / "scratch"),
         }
-        for key in ("OMP_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "LANG"):
+        # Only what the runtime needs to find its libraries and caches; nothing secret.
+        for key in PASSTHROUGH_ENV:
             if key in os.environ:
                 env[key] = os.environ[key]
         return env

@@ -1,0 +1,105 @@
+"""The baseline train.py for one full budget on a GPU, through the real runner and harness.
+
+Prepares a gpu-profile data folder from a local corpus (a folder of text or source files),
+then runs workspace/train.py with the process runner under the gpu profile's 300 s wall and
+prints the result: val_bpb, tokens/s, MFU and the time split. Needs no Redis and no network.
+
+    python bench/gpu_baseline.py --local-dir DIR [--max-train-tokens N] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from harness.prepare import prepare  # noqa: E402
+from harness.profiles import get_profile  # noqa: E402
+from worker import contract  # noqa: E402
+from worker.runner import ProcessRunner  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--local-dir", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/autoresearch-gpu-data"))
+    parser.add_argument("--max-train-tokens", type=int, default=200_000_000)
+    parser.add_argument("--tokenizer-chars", type=int, default=50_000_000)
+    parser.add_argument("--gpu", type=int, default=0, help="-1: no GPU (a dry run of the script)")
+    parser.add_argument("--profile", default="gpu")
+    parser.add_argument("--train-wall", type=float, default=None)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder for result.json and output.log"
+    )
+    args = parser.parse_args()
+
+    profile = dataclasses.replace(
+        get_profile("gpu"),
+        max_train_tokens=args.max_train_tokens,
+        tokenizer_chars=args.tokenizer_chars,
+    )
+    t0 = time.time()
+    manifest = prepare(
+        args.data_dir,
+        profile,
+        source="local",
+        local_dir=args.local_dir,
+        emit=lambda event, **kw: print(f"[{time.time() - t0:6.1f}s] {event} {kw}", flush=True),
+    )
+    train_tokens = sum(s["tokens"] for s in manifest["train"])
+    print(
+        f"prepared in {time.time() - t0:.1f}s: {train_tokens / 1e6:.1f}M train tokens, "
+        f"{manifest['val']['tokens'] / 1e6:.2f}M val tokens",
+        flush=True,
+    )
+
+    source = (ROOT / "workspace" / "train.py").read_text()
+    budget = {
+        k: getattr(profile, k)
+        for k in ("train_wall_s", "save_margin_s", "return_grace_s", "eval_wall_s")
+    }
+    spec = contract.make_spec(
+        id="gpu-baseline",
+        tag="bench",
+        parent="",
+        commit="",
+        source=source,
+        profile="gpu",
+        fingerprint=manifest["fingerprint"],
+        budget=budget,
+        seed=0,
+        description="baseline",
+    )
+    out = args.out or Path("/tmp/autoresearch-gpu-run")
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "output.log", "w")  # noqa: SIM115
+
+    def emit(phase: str, line: str) -> None:
+        log.write(line + "\n")
+        log.flush()
+        if not line.startswith("@metrics") or '"step": 0' in line or "00," in line:
+            print(f"{phase}: {line}", flush=True)
+
+    fields = ProcessRunner(args.data_dir, gpu=None if args.gpu < 0 else args.gpu).run(
+        spec, out / "work", emit
+    )
+    result = contract.make_result(spec, **fields)
+    result["train_tokens_available"] = train_tokens
+    if result["tokens"] and result["training_s"]:
+        result["tokens_per_s"] = result["tokens"] / result["training_s"]
+        result["epochs"] = result["tokens"] / train_tokens
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "log_tail"}, indent=2))
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
