@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/autoresearch-gpu-data"))
     parser.add_argument("--max-train-tokens", type=int, default=200_000_000)
     parser.add_argument("--tokenizer-chars", type=int, default=50_000_000)
+    parser.add_argument("--val-tokens", type=int, default=None, help="default: the profile's")
     parser.add_argument("--gpu", type=int, default=0, help="-1: no GPU (a dry run of the script)")
     parser.add_argument("--profile", default="gpu")
     parser.add_argument("--train-wall", type=float, default=None)
@@ -42,10 +43,12 @@ def main() -> int:
     args = parser.parse_args()
 
     profile = dataclasses.replace(
-        get_profile("gpu"),
+        get_profile(args.profile),
         max_train_tokens=args.max_train_tokens,
         tokenizer_chars=args.tokenizer_chars,
     )
+    if args.val_tokens:
+        profile = dataclasses.replace(profile, val_tokens=args.val_tokens)
     t0 = time.time()
     manifest = prepare(
         args.data_dir,
@@ -66,13 +69,15 @@ def main() -> int:
         k: getattr(profile, k)
         for k in ("train_wall_s", "save_margin_s", "return_grace_s", "eval_wall_s")
     }
+    if args.train_wall:
+        budget["train_wall_s"] = args.train_wall
     spec = contract.make_spec(
         id="gpu-baseline",
         tag="bench",
         parent="",
         commit="",
         source=source,
-        profile="gpu",
+        profile=args.profile,
         fingerprint=manifest["fingerprint"],
         budget=budget,
         seed=0,
