@@ -239,4 +239,9 @@ def _classify(exc: BaseException) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip the interpreter's teardown (torch's takes up to a second): every result is
+    # already written and closed, and the runner reaps whatever the candidate started.
+    os._exit(code)
