@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 from pathlib import Path
@@ -58,6 +59,17 @@ def data_dir(tmp_path_factory, corpus) -> Path:
     out = tmp_path_factory.mktemp("data") / "cpu"
     prepare(out, get_profile("cpu"), source="local", local_dir=corpus)
     return out
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any autoresearch, LLM or Redis setting."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AUTORESEARCH_", "OPENAI_", "XDG_")) and k != "REDIS_URL"
+    }
+    env.update(extra)
+    return env
 
 
 def git(repo: Path, *args: str) -> str:

@@ -19,7 +19,7 @@ from orchestrator.local_workers import LocalWorkers
 from orchestrator.loop import Research, budget_for
 from orchestrator.proposers.llm import LLMProposer
 from orchestrator.results import ResultsFile
-from tests.conftest import git
+from tests.conftest import clean_env, git
 from tests.llm_server import ScriptedLLMServer
 from worker import contract
 from worker.settings import WorkerSettings
@@ -27,11 +27,10 @@ from worker.settings import WorkerSettings
 FAST = ["--train-wall", "6", "--eval-wall", "20"]
 
 
-def cli(repo: Path, data_dir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "AUTORESEARCH", "REDIS"))
-    }
-    env["AUTORESEARCH_DATA_DIR"] = str(data_dir)
+def cli(
+    repo: Path, data_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    env = clean_env(AUTORESEARCH_DATA_DIR=str(data_dir), **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args],
         cwd=repo,
@@ -114,6 +113,17 @@ BAD_REPLIES = {
 }
 
 
+def scripted_proposer(server: ScriptedLLMServer) -> LLMProposer:
+    return LLMProposer(
+        base_url=server.base_url,
+        api_key="k",
+        model="m",
+        temperature=0,
+        system_prompt="p",
+        format_retries=0,
+    )
+
+
 @pytest.fixture
 def research(repo, data_dir, redis_client, tmp_path):
     def make(proposer):
@@ -138,14 +148,7 @@ def research(repo, data_dir, redis_client, tmp_path):
 def test_bad_llm_reply_is_rejected_and_never_queued(research, redis_client, case):
     reply, reason = BAD_REPLIES[case]
     with ScriptedLLMServer([reply]) as server:
-        proposer = LLMProposer(
-            base_url=server.base_url,
-            api_key="k",
-            model="m",
-            temperature=0,
-            system_prompt="p",
-            format_retries=0,
-        )
+        proposer = scripted_proposer(server)
         r = research(proposer)
         r.best = 3.0
         tip = r.frontier
@@ -169,14 +172,7 @@ def test_crash_keeps_branch_and_loop_goes_on(
     workers = LocalWorkers(1, redis_server.url, settings, tmp_path / "logs").start()
     try:
         with ScriptedLLMServer([crash, GOOD]) as server:
-            proposer = LLMProposer(
-                base_url=server.base_url,
-                api_key="k",
-                model="m",
-                temperature=0,
-                system_prompt="p",
-                format_retries=0,
-            )
+            proposer = scripted_proposer(server)
             r = research(proposer)
             r.best = 100.0  # any score keeps
             tip = r.frontier
@@ -223,10 +219,7 @@ def _processes_under(folder: Path) -> list[int]:
 def test_ctrl_c_leaves_branch_and_results_consistent(repo, data_dir):
     import signal
 
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "AUTORESEARCH", "REDIS"))
-    }
-    env["AUTORESEARCH_DATA_DIR"] = str(data_dir)
+    env = clean_env(AUTORESEARCH_DATA_DIR=str(data_dir))
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "run", "--tag", "intr", "--train-wall", "30"],
         cwd=repo,
@@ -261,34 +254,20 @@ def _read(path: Path) -> str:
 
 def test_run_with_the_llm_proposer(repo, data_dir):
     with ScriptedLLMServer([GOOD]) as server:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("OPENAI", "AUTORESEARCH", "REDIS"))
-        }
-        env.update(
-            AUTORESEARCH_DATA_DIR=str(data_dir),
-            AUTORESEARCH_LLM_BASE_URL=server.base_url,
-            AUTORESEARCH_LLM_PRICE_IN="2",
-            AUTORESEARCH_LLM_PRICE_OUT="8",
-        )
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "orchestrator.cli",
-                "run",
-                "--tag",
-                "llm",
-                "--max-experiments",
-                "1",
-                *FAST,
-            ],
-            cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        proc = cli(
+            repo,
+            data_dir,
+            "run",
+            "--tag",
+            "llm",
+            "--max-experiments",
+            "1",
+            *FAST,
+            env={
+                "AUTORESEARCH_LLM_BASE_URL": server.base_url,
+                "AUTORESEARCH_LLM_PRICE_IN": "2",
+                "AUTORESEARCH_LLM_PRICE_OUT": "8",
+            },
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "default.proposer" in proc.stderr and '"proposer": "llm"' in proc.stderr

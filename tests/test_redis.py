@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 import redis as redis_lib
 
 from orchestrator.redis_server import PrivateRedis, RedisUnavailable, connect
+from tests.conftest import clean_env
 
 
 def closed_port() -> int:
@@ -82,12 +82,7 @@ def test_cli_run_with_unreachable_redis_exits_1(repo, tmp_path, data_dir):
     home = tmp_path / "home"
     home.mkdir()
     port = closed_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AUTORESEARCH_", "OPENAI_", "XDG_")) and k != "REDIS_URL"
-    }
-    env.update(
+    env = clean_env(
         HOME=str(home),
         REDIS_URL=f"redis://:secret@127.0.0.1:{port}/0",
         AUTORESEARCH_DATA_DIR=str(data_dir),

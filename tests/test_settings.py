@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.settings import ENV, SettingsError, load
+from tests.conftest import clean_env
 
 NUMERIC_ENV = {
     "AUTORESEARCH_LLM_TEMPERATURE": "llm_temperature",
@@ -235,14 +235,7 @@ def test_no_llm_configured_selects_mutate_with_a_reason():
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AUTORESEARCH_", "OPENAI_", "XDG_")) and k != "REDIS_URL"
-    }
-    env["HOME"] = str(home)
-    env.update(extra)
-    return env
+    return clean_env(HOME=str(home), **extra)
 
 
 def run_cli(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
