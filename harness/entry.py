@@ -206,11 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--deadline", type=float, default=None, help="training deadline (epoch s)")
     parser.add_argument("--grace", type=float, default=0.0, help="late return allowed (s)")
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="import torch, then wait for a 'go' line on stdin before starting the phase",
+    )
     args = parser.parse_args(argv)
-    args.started_at = args.started_at or time.time()
     if args.phase == "train" and args.deadline is None:
         parser.error("train needs --deadline")
-    os.environ.setdefault("PYTHONHASHSEED", str(args.seed))
+    if args.wait and not _wait_for_go():
+        return codes.USAGE
+    args.started_at = args.started_at or time.time()
     try:
         manifest = mf.load_manifest(Path(args.data))
     except FileNotFoundError as exc:
@@ -220,6 +226,21 @@ def main(argv: list[str] | None = None) -> int:
         return (run_train if args.phase == "train" else run_eval)(args, manifest)
     except BaseException as exc:  # noqa: BLE001 - a failing candidate is data, not an exception
         return _classify(exc)
+
+
+def _wait_for_go() -> bool:
+    """Pay the imports before the phase is due, then wait for the runner's go.
+
+    A runner starts the eval process while training runs, so the second torch import of
+    an experiment (over a second on a small CPU) is off its critical path.
+    """
+    import numpy  # noqa: F401
+    import torch  # noqa: F401
+
+    import harness.context  # noqa: F401
+    import harness.evaluate  # noqa: F401
+
+    return sys.stdin.readline().strip() == "go"
 
 
 def _classify(exc: BaseException) -> int:

@@ -72,6 +72,21 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def processes_under(folder: Path) -> list[int]:
+    """PIDs whose working directory lies inside folder (the runner's phases run there)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(str(folder)):
+            found.append(int(proc.name))
+    return found
+
+
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args],

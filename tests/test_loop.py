@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from orchestrator.local_workers import LocalWorkers
 from orchestrator.loop import Research, budget_for
 from orchestrator.proposers.llm import LLMProposer
 from orchestrator.results import ResultsFile
-from tests.conftest import clean_env, git
+from tests.conftest import clean_env, git, processes_under
 from tests.llm_server import ScriptedLLMServer
 from worker import contract
 from worker.settings import WorkerSettings
@@ -201,21 +200,6 @@ def _wait_for(predicate, timeout_s: float = 120.0, what: str = "condition") -> N
         time.sleep(0.05)
 
 
-def _processes_under(folder: Path) -> list[int]:
-    """PIDs whose working directory lies inside folder (the runner's phases run there)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(proc / "cwd")
-        except OSError:
-            continue
-        if cwd.startswith(str(folder)):
-            found.append(int(proc.name))
-    return found
-
-
 def test_ctrl_c_leaves_branch_and_results_consistent(repo, data_dir):
     import signal
 
@@ -245,7 +229,7 @@ def test_ctrl_c_leaves_branch_and_results_consistent(repo, data_dir):
         git(repo, "rev-parse", "autoresearch/intr").strip()
         == git(repo, "rev-parse", "main").strip()
     )
-    _wait_for(lambda: not _processes_under(runs), timeout_s=10, what="candidate processes to end")
+    _wait_for(lambda: not processes_under(runs), timeout_s=10, what="candidate processes to end")
 
 
 def _read(path: Path) -> str:

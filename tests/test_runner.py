@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_TRAIN
+from tests.conftest import TINY_TRAIN, processes_under
 from worker import contract
 from worker.runner import Limits, ProcessRunner
 
@@ -66,6 +66,8 @@ def test_raising_candidate_is_a_crash_with_reason(data_dir, tmp_path):
     assert result["status"] == "crash"
     assert "boom in train" in result["error"]
     assert result["val_bpb"] is None
+    # The eval process started ahead (waiting for its go) is gone too.
+    assert processes_under(tmp_path / "work") == []
 
 
 def test_nan_logits_are_status_nan(data_dir, tmp_path):
@@ -101,6 +103,7 @@ def test_hang_is_killed_at_the_wall_with_its_children(data_dir, tmp_path):
     assert BUDGET["train_wall_s"] <= result["train_phase_s"] < BUDGET["train_wall_s"] + 3
     pid = int((tmp_path / "work" / "child.pid").read_text())
     assert not alive(pid)
+    assert processes_under(tmp_path / "work") == []
 
 
 def test_late_return_is_overtime(data_dir, tmp_path):

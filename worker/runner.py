@@ -7,6 +7,7 @@ The process runner is here; the docker runner drops into the same interface.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
@@ -79,6 +80,14 @@ class Runner(ABC):
     ) -> PhaseOutcome:
         """Run `python -m harness.entry <phase> ...` and kill it at wall_s, whatever happens."""
 
+    def prestart(self, phase: str, argv: list[str], workdir: Path) -> bool:
+        """Start a phase early, waiting (`--wait`) for run_phase's go; False if unsupported."""
+        return False
+
+    def discard_prestarted(self) -> None:
+        """Kill whatever prestart started and run_phase did not use."""
+        return None
+
     def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
         workdir = Path(workdir)
         scratch = workdir / "scratch"
@@ -93,6 +102,26 @@ class Runner(ABC):
             "--grace",
             str(budget["return_grace_s"]),
         ]
+        # The eval process imports torch while training runs, then waits for its go.
+        eval_argv = self._argv("eval", spec, None, ["--wait"])
+        if not self.prestart("eval", eval_argv, workdir):
+            eval_argv = None
+        try:
+            return self._run(spec, workdir, emit, started, train_args, eval_argv)
+        finally:
+            self.discard_prestarted()
+
+    def _run(
+        self,
+        spec: dict[str, Any],
+        workdir: Path,
+        emit: Emit,
+        started: float,
+        train_args: list[str],
+        eval_argv: list[str] | None,
+    ) -> dict[str, Any]:
+        scratch = workdir / "scratch"
+        budget = spec["budget"]
         train = self.run_phase(
             "train",
             self._argv("train", spec, started, train_args),
@@ -105,10 +134,9 @@ class Runner(ABC):
         if status == "ok" and not (scratch / "train.json").is_file():
             status, error = "crash", "train phase exited without saving weights"
         if status == "ok":
-            eval_started = time.time()
             ev = self.run_phase(
                 "eval",
-                self._argv("eval", spec, eval_started, []),
+                eval_argv or self._argv("eval", spec, time.time(), []),
                 workdir,
                 budget["eval_wall_s"],
                 emit,
@@ -127,7 +155,8 @@ class Runner(ABC):
         fields["log_tail"] = "\n".join(tail)
         return fields
 
-    def _argv(self, phase: str, spec: dict, started: float, extra: list[str]) -> list[str]:
+    def _argv(self, phase: str, spec: dict, started: float | None, extra: list[str]) -> list[str]:
+        start = [] if started is None else ["--started-at", f"{started:.3f}"]
         return [
             phase,
             "--candidate",
@@ -138,8 +167,7 @@ class Runner(ABC):
             self.scratch_path(),
             "--seed",
             str(spec["seed"]),
-            "--started-at",
-            f"{started:.3f}",
+            *start,
             *extra,
         ]
 
@@ -236,6 +264,10 @@ class ProcessRunner(Runner):
 
     name = "process"
 
+    def __init__(self, data_dir: Path, limits: Limits | None = None, gpu: int | None = None):
+        super().__init__(data_dir, limits, gpu)
+        self._prestarted: dict[str, subprocess.Popen] = {}
+
     def _env(self, workdir: Path) -> dict[str, str]:
         """A clean environment: no API keys, no Redis password, nothing inherited by accident."""
         env = {
@@ -263,22 +295,46 @@ class ProcessRunner(Runner):
                 resource.RLIMIT_AS, (self.limits.memory_bytes, self.limits.memory_bytes)
             )
 
-    def run_phase(
-        self, phase: str, argv: list[str], workdir: Path, wall_s: float, emit: Emit
-    ) -> PhaseOutcome:
-        start = time.monotonic()
-        proc = subprocess.Popen(
+    def _spawn(self, argv: list[str], workdir: Path, waits: bool = False) -> subprocess.Popen:
+        return subprocess.Popen(
             [sys.executable, "-m", "harness.entry", *argv],
             cwd=workdir,
             env=self._env(workdir),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if waits else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=self._preexec,
         )
+
+    def prestart(self, phase: str, argv: list[str], workdir: Path) -> bool:
+        self._prestarted[phase] = self._spawn(argv, workdir, waits=True)
+        return True
+
+    def discard_prestarted(self) -> None:
+        for proc in self._prestarted.values():
+            _killpg(proc.pid)
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe:
+                    pipe.close()
+        self._prestarted = {}
+
+    def run_phase(
+        self, phase: str, argv: list[str], workdir: Path, wall_s: float, emit: Emit
+    ) -> PhaseOutcome:
+        proc = self._prestarted.pop(phase, None)
+        start = time.monotonic()
+        if proc is None:
+            proc = self._spawn(argv, workdir)
         outcome = PhaseOutcome(exit_code=None, timed_out=False, seconds=0.0)
         pump = pump_lines(proc.stdout, phase, emit, outcome.tail, self.limits.log_bytes)
+        if proc.stdin:
+            try:
+                proc.stdin.write(b"go\n")
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it died while waiting; its exit code and output say why
         try:
             outcome.exit_code = proc.wait(timeout=wall_s)
         except subprocess.TimeoutExpired:
@@ -293,14 +349,16 @@ class ProcessRunner(Runner):
         return outcome
 
 
+# Loaded here, not in the forked child, where loading a library is not safe.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """Linux: SIGKILL the phase when the worker's process dies (RQ kills its work-horse on a
     stop command or a job timeout without running our finally)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _killpg(pgid: int) -> None:
