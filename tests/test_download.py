@@ -283,3 +283,41 @@ def test_unreadable_parquet_is_an_error(server: State, tmp_path: Path) -> None:
         download_shards(server.pattern(), [1, 2], tmp_path, **FAST)
     assert not (tmp_path / "shard_00002.parquet").exists()
     assert list(json.loads((tmp_path / CHECKSUMS).read_text())) == ["shard_00001.parquet"]
+
+
+def test_prepare_from_http_shards(server: State, tmp_path: Path) -> None:
+    """The http source end to end: download, tokenizer, shards, manifest; val is its own shard."""
+    import dataclasses
+
+    import numpy as np
+
+    from harness import tokenizer as tk
+    from harness.manifest import load_manifest
+    from harness.prepare import prepare
+    from harness.profiles import get_profile
+
+    for i in range(3):
+        server.add(i, make_parquet(texts_for(i)))
+    profile = dataclasses.replace(get_profile("cpu"), vocab_size=300, val_tokens=400)
+    data = tmp_path / "data"
+    manifest = prepare(
+        data,
+        profile,
+        source="http",
+        url_pattern=server.pattern(),
+        train_shards=2,
+        val_shard=2,
+        workers=2,
+    )
+    assert load_manifest(data)["fingerprint"] == manifest["fingerprint"]
+    assert [s["index"] for s in manifest["source"]["shards"]] == [0, 1, 2]
+    tok = tk.load(data / "tokenizer" / "tokenizer.json")
+
+    def text(rel: str) -> str:
+        ids = np.fromfile(data / rel, dtype=np.uint16)
+        return tok.decode([int(i) for i in ids if i != manifest["tokenizer"]["bos_id"]])
+
+    val = text(manifest["val"]["file"])
+    train = "".join(text(s["file"]) for s in manifest["train"])
+    assert val.startswith("shard 2 row 0") and manifest["val"]["tokens"] == 400
+    assert "shard 0 row" in train and "shard 1 row" in train and "shard 2" not in train
