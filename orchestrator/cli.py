@@ -306,7 +306,7 @@ def _print_summary(summary: dict, git: Any) -> None:
     ]
     print("\n".join(lines))
     try:
-        print(git._git("log", "--oneline", "-n", "15", summary["branch"]))
+        print(git.log_oneline(summary["branch"], 15))
     except Exception:  # noqa: BLE001 - the summary must print even if git does not
         pass
 
@@ -363,7 +363,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from orchestrator.loop import budget_for
     from orchestrator.validate import CandidateRejected, validate_candidate
     from worker import contract
-    from worker.jobs import ExperimentLog, make_runner
+    from worker.jobs import make_runner
     from worker.settings import WorkerSettings
 
     s = _settings(args)
@@ -391,14 +391,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     runner = make_runner(WorkerSettings(data_dir=data_dir, runs_dir=s.runs_dir, gpu=s.gpu))
     with tempfile.TemporaryDirectory(prefix="autoresearch-eval-") as tmp:
-        trail = ExperimentLog(Path(tmp), None, "", "evaluate")
-        echo = (lambda phase, line: print(line, file=sys.stderr)) if not args.json else trail.line
-        try:
-            fields = runner.run(
-                spec, Path(tmp), lambda phase, line: (trail.line(phase, line), echo(phase, line))
-            )
-        finally:
-            trail.close()
+        # The candidate's output goes to stderr as it comes; the result to stdout.
+        fields = runner.run(spec, Path(tmp), lambda phase, line: print(line, file=sys.stderr))
     result = contract.make_result(
         spec, **fields, worker=socket.gethostname(), gpu="cpu" if s.gpu is None else f"cuda:{s.gpu}"
     )

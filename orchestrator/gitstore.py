@@ -107,6 +107,9 @@ class GitStore:
         """Move the branch from old to new, refusing if someone else moved it meanwhile."""
         self._git("update-ref", self.branch(tag), new, old)
 
+    def log_oneline(self, ref: str, count: int) -> str:
+        return self._git("log", "--oneline", "-n", str(count), ref)
+
     def diff(self, old: str, new: str) -> str:
         return self._git("diff", old, new, "--", self.train_path, strip=False)
 

@@ -88,6 +88,7 @@ class Research:
         self.results = ResultsFile(self.folder / defaults.RESULTS_FILE)
         self.queue = Queue(contract.QUEUE_NAME, connection=self.redis, serializer=JSONSerializer)
         self.failure_tail = ""
+        self.best: float | None = None  # val_bpb of the frontier, once scored
         self.started = time.monotonic()
         self.session_rows: list[dict[str, Any]] = []
         self.stop_reason = ""
@@ -324,7 +325,7 @@ class Research:
             id=exp_id,
             status=decision,
             val_bpb=result.get("val_bpb"),
-            best=self.best if hasattr(self, "best") else None,
+            best=self.best,
             error=result.get("error"),
             description=description,
         )
