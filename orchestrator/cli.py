@@ -33,6 +33,14 @@ def _die(message: str, code: int) -> int:
     return code
 
 
+def _add_runner(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runner",
+        choices=["process", "docker"],
+        help="process (default): subprocesses; docker: one locked-down container per phase",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--profile",
@@ -99,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="workers to start here (default: 1 with a private Redis, else 0)",
     )
     p.add_argument("--gpu", type=int, help="GPU index for the local workers")
+    _add_runner(p)
     p.add_argument(
         "--train-wall", dest="train_wall_s", type=float, help="hard wall of the train phase, s"
     )
@@ -112,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", type=int, help="the one GPU this worker uses (default: none, CPU)")
     p.add_argument("--name", help="worker name (default: host-gpu-pid)")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    _add_runner(p)
 
     p = sub.add_parser("evaluate", help="run one train.py through the runner and harness, no loop")
     _add_common(p)
@@ -119,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gpu", type=int)
+    _add_runner(p)
     p.add_argument("--train-wall", dest="train_wall_s", type=float)
     p.add_argument("--eval-wall", dest="eval_wall_s", type=float)
 
@@ -337,6 +348,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     os.environ.update(wsettings.to_env())
     redis = connect(url)
+    if s.runner == "docker":
+        from worker.jobs import make_runner
+
+        # A worker that died left its containers behind; this host and GPU's are ours.
+        removed = make_runner(wsettings).cleanup_orphans()
+        log.info("worker.orphans_removed", count=len(removed), names=removed)
     name = (
         args.name
         or f"{socket.gethostname()}-{'cpu' if s.gpu is None else f'gpu{s.gpu}'}-{os.getpid()}"
@@ -389,7 +406,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         description=str(args.file),
     )
-    runner = make_runner(WorkerSettings(data_dir=data_dir, runs_dir=s.runs_dir, gpu=s.gpu))
+    runner = make_runner(
+        WorkerSettings(data_dir=data_dir, runs_dir=s.runs_dir, runner=s.runner, gpu=s.gpu)
+    )
     with tempfile.TemporaryDirectory(prefix="autoresearch-eval-") as tmp:
         # The candidate's output goes to stderr as it comes; the result to stdout.
         fields = runner.run(spec, Path(tmp), lambda phase, line: print(line, file=sys.stderr))

@@ -21,7 +21,7 @@ from orchestrator import defaults
 from worker.settings import DEFAULT_RUNS_DIR, default_data_root
 
 TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-RUNNERS = ("process",)
+RUNNERS = ("process", "docker")
 
 
 class SettingsError(ValueError):

@@ -27,6 +27,10 @@ def make_runner(settings: WorkerSettings) -> Runner:
     limits = Limits(memory_bytes=int(settings.memory_gb * 2**30) if settings.memory_gb else None)
     if settings.runner == "process":
         return ProcessRunner(settings.data_dir, limits, settings.gpu)
+    if settings.runner == "docker":
+        from worker import docker_runner
+
+        return docker_runner.from_env(settings.data_dir, limits, settings.gpu)
     raise InfraError(f"unknown runner {settings.runner!r}")
 
 

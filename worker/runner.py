@@ -18,7 +18,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,13 +233,13 @@ def _last_error(tail: deque[str], status: str) -> str:
 
 
 def pump_lines(
-    stream: Any, phase: str, emit: Emit, tail: deque[str], log_bytes: int
+    lines: Iterable[bytes], phase: str, emit: Emit, tail: deque[str], log_bytes: int
 ) -> threading.Thread:
     """Forward a phase's output lines as they come, keeping a tail and capping the volume."""
 
     def pump() -> None:
         kept = dropped = 0
-        for raw in iter(stream.readline, b""):
+        for raw in lines:
             line = raw.decode("utf-8", "replace").rstrip("\n")
             tail.append(line[:2000])
             if kept + len(raw) <= log_bytes:
@@ -328,7 +328,8 @@ class ProcessRunner(Runner):
         if proc is None:
             proc = self._spawn(argv, workdir)
         outcome = PhaseOutcome(exit_code=None, timed_out=False, seconds=0.0)
-        pump = pump_lines(proc.stdout, phase, emit, outcome.tail, self.limits.log_bytes)
+        lines = iter(proc.stdout.readline, b"")
+        pump = pump_lines(lines, phase, emit, outcome.tail, self.limits.log_bytes)
         if proc.stdin:
             try:
                 proc.stdin.write(b"go\n")

@@ -1,0 +1,177 @@
+"""The docker runner against a real engine, with a test image built from a local base.
+
+No image can be pulled here: the test image is an empty imported filesystem, and the
+host's own Python (and its libraries) are bind-mounted read-only at the same paths.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import docker
+from tests.conftest import TINY_TRAIN
+from worker import contract
+from worker.docker_runner import LABEL, DockerRunner, parse_path_map
+from worker.runner import Limits
+
+IMAGE = "autoresearch-test-base:latest"
+BUDGET = {"train_wall_s": 8.0, "save_margin_s": 2.0, "return_grace_s": 1.0, "eval_wall_s": 30.0}
+HOST_MOUNTS = [p for p in ("/usr", "/lib", "/lib64", "/bin") if Path(p).exists()]
+
+
+@pytest.fixture(scope="session")
+def client():
+    client = docker.from_env()
+    client.ping()
+    return client
+
+
+@pytest.fixture(scope="session")
+def image(client) -> str:
+    """An empty image: everything the phase runs comes from read-only host mounts."""
+    buf = io.BytesIO()
+    tarfile.open(fileobj=buf, mode="w").close()
+    client.api.import_image_from_data(buf.getvalue(), repository=IMAGE.split(":")[0], tag="latest")
+    return IMAGE
+
+
+def make_runner(client, image, data_dir, limits=None, gpu=None) -> DockerRunner:
+    mounts = [*HOST_MOUNTS, sys.base_prefix, sys.prefix]
+    return DockerRunner(
+        data_dir,
+        limits,
+        gpu,
+        image=image,
+        python=sys.executable,
+        extra_mounts=mounts,
+        client=client,
+        host="test-host",
+    )
+
+
+def ours(client) -> list:
+    return client.containers.list(all=True, filters={"label": f"{LABEL}.host=test-host"})
+
+
+def run(runner, tmp_path, source, budget=None):
+    spec = contract.make_spec(
+        id="d",
+        tag="t",
+        parent="p",
+        commit="c",
+        source=source,
+        profile="cpu",
+        fingerprint="f",
+        budget=budget or BUDGET,
+        seed=0,
+        description="docker test",
+    )
+    lines: list[str] = []
+    fields = runner.run(spec, tmp_path / "work", lambda phase, line: lines.append(line))
+    return contract.make_result(spec, **fields), lines
+
+
+def test_normal_candidate_scores_and_leaves_no_container(client, image, data_dir, tmp_path):
+    result, lines = run(make_runner(client, image, data_dir), tmp_path, TINY_TRAIN)
+    assert result["status"] == "ok", result["log_tail"]
+    assert result["val_bpb"] > 0 and result["tokens"] > 0
+    assert any(line.startswith("val_bpb:") for line in lines)
+    assert ours(client) == []
+
+
+PROBES = """
+import os, socket
+
+def probe(name, action):
+    try:
+        action()
+        print(f"{name}:open", flush=True)
+    except Exception as exc:
+        print(f"{name}:blocked {type(exc).__name__}", flush=True)
+
+_train = train
+
+def train(model, ctx):
+    probe("NET", lambda: socket.create_connection(("1.1.1.1", 53), timeout=2))
+    probe("DNS", lambda: socket.getaddrinfo("pypi.org", 443))
+    probe("VAL", lambda: open("/data/val/val.bin", "rb").read(1))
+    probe("HARNESS", lambda: open("/opt/autoresearch/harness/evil.py", "w").write("x"))
+    probe("DATA", lambda: open("/data/manifest.json", "a").write("x"))
+    probe("ROOT", lambda: open("/etc/evil", "w").write("x"))
+    probe("SCRATCH", lambda: open("/scratch/note.txt", "w").write("x"))
+    print("ENV", sorted(os.environ.items()), "UID", os.getuid(), flush=True)
+    _train(model, ctx)
+"""
+
+
+def test_the_cage_holds(client, image, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-docker-secret")
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2@redis:6379/0")
+    result, lines = run(make_runner(client, image, data_dir), tmp_path, TINY_TRAIN + PROBES)
+    assert result["status"] == "ok", result["log_tail"]
+    probes = {line.split(":")[0]: line.split(":")[1] for line in lines if ":" in line[:8]}
+    for name in ("NET", "DNS", "VAL", "HARNESS", "DATA", "ROOT"):
+        assert probes[name].startswith("blocked"), (name, lines)
+    assert probes["SCRATCH"] == "open"
+    env_line = next(line for line in lines if line.startswith("ENV"))
+    assert "sk-docker-secret" not in env_line and "hunter2" not in env_line
+    assert not env_line.endswith("UID 0")
+    assert not (Path(__file__).parent.parent / "harness" / "evil.py").exists()
+
+
+def test_hang_is_killed_at_the_wall_and_removed(client, image, data_dir, tmp_path):
+    source = (
+        "import time, torch\n"
+        "def build_model(ctx):\n"
+        "    return torch.nn.Linear(1, 1)\n"
+        "def train(model, ctx):\n"
+        "    while True:\n"
+        "        time.sleep(0.1)\n"
+    )
+    result, _ = run(make_runner(client, image, data_dir), tmp_path, source)
+    assert result["status"] == "timeout"
+    assert BUDGET["train_wall_s"] <= result["train_phase_s"] < BUDGET["train_wall_s"] + 5
+    assert ours(client) == []
+
+
+def test_unbounded_allocation_is_oom(client, image, data_dir, tmp_path):
+    source = TINY_TRAIN.replace(
+        "    opt = torch",
+        "    hog = []\n    while True:\n        hog.append(bytearray(2**24))\n    opt = torch",
+    )
+    runner = make_runner(client, image, data_dir, limits=Limits(memory_bytes=1536 * 2**20))
+    result, _ = run(runner, tmp_path, source, {**BUDGET, "train_wall_s": 60.0})
+    assert result["status"] == "oom", (result["error"], result["log_tail"])
+    assert ours(client) == []
+
+
+def test_a_new_worker_removes_orphans(client, image, data_dir):
+    runner = make_runner(client, image, data_dir)
+    other = make_runner(client, image, data_dir, gpu=3)
+    orphan = client.containers.create(image, ["/nothing"], labels=runner.labels())
+    kept = client.containers.create(image, ["/nothing"], labels=other.labels())
+    try:
+        assert runner.cleanup_orphans() == [orphan.name]
+        names = [c.name for c in client.containers.list(all=True)]
+        assert orphan.name not in names and kept.name in names  # another GPU's stays
+    finally:
+        kept.remove(force=True)
+
+
+def test_missing_image_is_an_infrastructure_error(client, data_dir, tmp_path):
+    from worker.runner import InfraError
+
+    runner = make_runner(client, "autoresearch-no-such-image:latest", data_dir)
+    with pytest.raises(InfraError, match="container"):
+        run(runner, tmp_path, TINY_TRAIN)
+
+
+def test_path_map():
+    assert parse_path_map("/data=/srv/d, /runs=/srv/r") == {"/data": "/srv/d", "/runs": "/srv/r"}
+    with pytest.raises(ValueError):
+        parse_path_map("data=/srv")

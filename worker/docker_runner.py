@@ -1,0 +1,234 @@
+"""The docker runner: each phase in its own locked-down container, via the docker SDK.
+
+Mounts: the harness and the candidate read-only; the data read-only with the train shards
+only in the train phase and the validation shard only in the eval phase; a per-experiment
+scratch folder read-write (the weights pass through it). No network, a read-only root with
+a tmpfs /tmp, all capabilities dropped, no-new-privileges, a non-root user, pids and memory
+limits (swap equal to memory), the worker's own GPU only, and no secret in the environment.
+
+The engine is reached through its socket, so bind-mount sources must be paths of the
+engine's host. A worker running in a container sees other paths: `path_map` rewrites a
+prefix as the worker sees it into the host's (AUTORESEARCH_HOST_PATHS=/in=/host,...).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import requests
+from docker.types import DeviceRequest, Mount
+
+import docker
+from harness import manifest as mf
+from worker.runner import HARNESS_ROOT, Emit, InfraError, Limits, PhaseOutcome, Runner, pump_lines
+
+LABEL = "autoresearch"
+IN_HARNESS = "/opt/autoresearch"
+IN_CANDIDATE = "/work/train.py"
+IN_DATA = "/data"
+IN_SCRATCH = "/scratch"
+
+
+def _default_memory() -> int:
+    """90% of the host's memory: a runaway candidate must not take the worker down with it."""
+    with open("/proc/meminfo") as fh:
+        total_kb = int(fh.readline().split()[1])
+    return int(total_kb * 1024 * 0.9)
+
+
+def parse_path_map(text: str) -> dict[str, str]:
+    """ "/data=/srv/ar/data,/runs=/srv/ar/runs" -> {"/data": "/srv/ar/data", ...}."""
+    out = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        inside, sep, host = item.partition("=")
+        if not sep or not inside.startswith("/") or not host.startswith("/"):
+            raise ValueError(f"bad path mapping {item!r}: use /inside=/on/host")
+        out[inside.rstrip("/")] = host.rstrip("/")
+    return out
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Docker's log stream comes in chunks; the pump wants lines."""
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        *done, buf = buf.split(b"\n")
+        for line in done:
+            yield line + b"\n"
+    if buf:
+        yield buf
+
+
+class DockerRunner(Runner):
+    name = "docker"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        limits: Limits | None = None,
+        gpu: int | None = None,
+        *,
+        image: str,
+        python: str = "python3",
+        user: str = "1000:1000",
+        extra_mounts: Iterable[str] = (),
+        path_map: dict[str, str] | None = None,
+        host: str | None = None,
+        client: docker.DockerClient | None = None,
+    ):
+        super().__init__(data_dir, limits, gpu)
+        self.image = image
+        self.python = python
+        self.user = user
+        self.extra_mounts = list(extra_mounts)
+        self.path_map = path_map or {}
+        self.host = host or socket.gethostname()
+        try:
+            self.client = client or docker.from_env()
+            self.client.ping()
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise InfraError(f"docker engine unreachable: {exc}") from None
+
+    # Paths as the phase sees them inside its container.
+    def candidate_path(self) -> str:
+        return IN_CANDIDATE
+
+    def data_path(self) -> str:
+        return IN_DATA
+
+    def scratch_path(self) -> str:
+        return IN_SCRATCH
+
+    def host_path(self, path: Path | str) -> str:
+        text = str(Path(path).resolve())
+        for inside, host in sorted(self.path_map.items(), key=lambda kv: -len(kv[0])):
+            if text == inside or text.startswith(inside + "/"):
+                return host + text[len(inside) :]
+        return text
+
+    def labels(self) -> dict[str, str]:
+        return {LABEL: "1", f"{LABEL}.host": self.host, f"{LABEL}.gpu": str(self.gpu)}
+
+    def _mounts(self, phase: str, workdir: Path) -> list[Mount]:
+        def ro(target: str, source: Path | str) -> Mount:
+            return Mount(target, self.host_path(source), type="bind", read_only=True)
+
+        split = mf.TRAIN_DIR if phase == "train" else mf.VAL_DIR
+        return [
+            ro(f"{IN_HARNESS}/harness", HARNESS_ROOT / "harness"),
+            ro(IN_CANDIDATE, workdir / "train.py"),
+            ro(f"{IN_DATA}/{mf.MANIFEST}", self.data_dir / mf.MANIFEST),
+            ro(f"{IN_DATA}/{mf.TOKENIZER_DIR}", self.data_dir / mf.TOKENIZER_DIR),
+            ro(f"{IN_DATA}/{split}", self.data_dir / split),
+            Mount(IN_SCRATCH, self.host_path(workdir / "scratch"), type="bind", read_only=False),
+            *(ro(path, path) for path in self.extra_mounts),
+        ]
+
+    def run_phase(
+        self, phase: str, argv: list[str], workdir: Path, wall_s: float, emit: Emit
+    ) -> PhaseOutcome:
+        (workdir / "scratch").chmod(0o777)  # the container's non-root user writes here
+        memory = self.limits.memory_bytes or _default_memory()
+        gpus = (
+            [DeviceRequest(device_ids=[str(self.gpu)], capabilities=[["gpu"]])]
+            if self.gpu is not None
+            else []
+        )
+        try:
+            container = self.client.containers.create(
+                self.image,
+                [self.python, "-m", "harness.entry", *argv],
+                name=f"{LABEL}-{phase}-{uuid.uuid4().hex[:12]}",
+                labels=self.labels(),
+                mounts=self._mounts(phase, workdir),
+                working_dir=IN_SCRATCH,
+                environment={
+                    "PYTHONPATH": IN_HARNESS,
+                    "PYTHONUNBUFFERED": "1",
+                    "PYTHONDONTWRITEBYTECODE": "1",
+                    "HOME": IN_SCRATCH,
+                },
+                user=self.user,
+                network_mode="none",
+                read_only=True,
+                tmpfs={"/tmp": "rw,size=1g,mode=1777"},
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                pids_limit=4096,
+                mem_limit=memory,
+                memswap_limit=memory,
+                shm_size="1g",
+                device_requests=gpus,
+                ulimits=[docker.types.Ulimit(name="core", soft=0, hard=0)],
+            )
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise InfraError(f"cannot create the {phase} container: {exc}") from None
+        start = time.monotonic()
+        outcome = PhaseOutcome(exit_code=None, timed_out=False, seconds=0.0)
+        pump: threading.Thread | None = None
+        try:
+            container.start()
+            logs = container.logs(stream=True, follow=True)
+            pump = pump_lines(_lines(logs), phase, emit, outcome.tail, self.limits.log_bytes)
+            try:
+                remaining = max(wall_s - (time.monotonic() - start), 0.1)
+                status = container.wait(timeout=remaining)
+                outcome.exit_code = self._exit_code(container, status["StatusCode"])
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                outcome.timed_out = True
+        except docker.errors.DockerException as exc:
+            raise InfraError(f"{phase} container failed to run: {exc}") from None
+        finally:
+            # Kill and remove whatever happens, RQ's own job timeout included.
+            _remove(container)
+            if pump is not None:
+                pump.join(timeout=5)
+        outcome.seconds = time.monotonic() - start
+        return outcome
+
+    @staticmethod
+    def _exit_code(container, code: int) -> int:
+        container.reload()
+        if container.attrs["State"].get("OOMKilled"):
+            return -9  # classified as `oom`, like a SIGKILL from the kernel's OOM killer
+        return -(code - 128) if code > 128 else code  # 128+N: killed by signal N
+
+    def cleanup_orphans(self) -> list[str]:
+        """Remove containers of this host and GPU left by a worker that died."""
+        filters = {"label": [f"{k}={v}" for k, v in self.labels().items()]}
+        removed = []
+        for container in self.client.containers.list(all=True, filters=filters):
+            _remove(container)
+            removed.append(container.name)
+        return removed
+
+
+def _remove(container) -> None:
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:  # removal already in progress
+            raise
+
+
+def from_env(data_dir: Path, limits: Limits, gpu: int | None) -> DockerRunner:
+    """A DockerRunner configured by AUTORESEARCH_RUNNER_IMAGE and friends."""
+    image = os.environ.get("AUTORESEARCH_RUNNER_IMAGE", "autoresearch-runner:latest")
+    mounts = [m for m in os.environ.get("AUTORESEARCH_RUNNER_MOUNTS", "").split(",") if m]
+    return DockerRunner(
+        data_dir,
+        limits,
+        gpu,
+        image=image,
+        python=os.environ.get("AUTORESEARCH_RUNNER_PYTHON", "python3"),
+        extra_mounts=mounts,
+        path_map=parse_path_map(os.environ.get("AUTORESEARCH_HOST_PATHS", "")),
+    )
