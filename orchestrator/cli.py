@@ -33,6 +33,13 @@ def _die(message: str, code: int) -> int:
     return code
 
 
+def _gpu_arg(value: str) -> int | str | None:
+    try:
+        return st.parse_gpu(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a GPU index (0 or more) or auto") from None
+
+
 def _add_runner(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runner",
@@ -106,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="workers to start here (default: 1 with a private Redis, else 0)",
     )
-    p.add_argument("--gpu", type=int, help="GPU index for the local workers")
+    p.add_argument(
+        "--gpu", type=_gpu_arg, help="GPU for the local workers: an index, or auto (one each)"
+    )
     _add_runner(p)
     p.add_argument(
         "--train-wall", dest="train_wall_s", type=float, help="hard wall of the train phase, s"
@@ -118,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="serve experiments from Redis (an RQ worker); one per GPU")
     _add_common(p)
     p.add_argument("--redis-url", help="Redis of the run (default: REDIS_URL)")
-    p.add_argument("--gpu", type=int, help="the one GPU this worker uses (default: none, CPU)")
+    p.add_argument(
+        "--gpu",
+        type=_gpu_arg,
+        help="the one GPU this worker uses: an index, or auto to claim a free one of this host "
+        "through Redis (AUTORESEARCH_GPUS of them); default: none, CPU",
+    )
     p.add_argument("--name", help="worker name (default: host-gpu-pid)")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     _add_runner(p)
@@ -338,39 +352,62 @@ def cmd_worker(args: argparse.Namespace) -> int:
     log = logs.get()
     profile, data_dir = _profile(s, log)
     fingerprint = mf.load_manifest(data_dir)["fingerprint"]
-    runs_dir = s.runs_dir.resolve()
-    wsettings = WorkerSettings(
-        data_dir=data_dir.resolve(),
-        runs_dir=runs_dir,
-        runner=s.runner,
-        gpu=s.gpu,
-        memory_gb=s.memory_gb,
-    )
-    os.environ.update(wsettings.to_env())
     redis = connect(url)
-    if s.runner == "docker":
-        from worker.jobs import make_runner
+    host = s.host or socket.gethostname()
+    claim = None
+    gpu = s.gpu
+    if gpu == "auto":
+        from worker.gpu_claim import GpuClaim
 
-        # A worker that died left its containers behind; this host and GPU's are ours.
-        removed = make_runner(wsettings).cleanup_orphans()
-        log.info("worker.orphans_removed", count=len(removed), names=removed)
-    name = (
-        args.name
-        or f"{socket.gethostname()}-{'cpu' if s.gpu is None else f'gpu{s.gpu}'}-{os.getpid()}"
-    )
-    queue = Queue(contract.QUEUE_NAME, connection=redis, serializer=JSONSerializer)
-    worker = Worker([queue], connection=redis, name=name, serializer=JSONSerializer)
-    log.info(
-        "worker.start",
-        name=name,
-        gpu=s.gpu,
-        runner=s.runner,
-        profile=profile.name,
-        fingerprint=fingerprint,
-        data_dir=str(data_dir),
-    )
-    worker.work(burst=args.burst, logging_level="WARNING")
+        count = s.gpus or _count_gpus()
+        owner = args.name or f"{socket.gethostname()}-{os.getpid()}"
+        claim = GpuClaim(redis, host, count, owner, log=log).acquire()
+        gpu = claim.gpu
+        log.info("worker.gpu_claimed", gpu=gpu, host=host, of=count)
+    try:
+        wsettings = WorkerSettings(
+            data_dir=data_dir.resolve(),
+            runs_dir=s.runs_dir.resolve(),
+            runner=s.runner,
+            gpu=gpu,
+            memory_gb=s.memory_gb,
+        )
+        os.environ.update(wsettings.to_env())
+        if s.runner == "docker":
+            from worker.jobs import make_runner
+
+            # A worker that died left its containers behind; this host and GPU's are ours.
+            removed = make_runner(wsettings).cleanup_orphans()
+            log.info("worker.orphans_removed", count=len(removed), names=removed)
+        name = args.name or f"{host}-{'cpu' if gpu is None else f'gpu{gpu}'}-{os.getpid()}"
+        queue = Queue(contract.QUEUE_NAME, connection=redis, serializer=JSONSerializer)
+        worker = Worker([queue], connection=redis, name=name, serializer=JSONSerializer)
+        log.info(
+            "worker.start",
+            name=name,
+            gpu=gpu,
+            runner=s.runner,
+            profile=profile.name,
+            fingerprint=fingerprint,
+            data_dir=str(data_dir),
+        )
+        worker.work(burst=args.burst, logging_level="WARNING")
+    finally:
+        if claim is not None:
+            claim.release()
     return 0
+
+
+def _count_gpus() -> int:
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+        count = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+        if count:
+            return count
+    raise st.SettingsError("gpus: --gpu auto needs AUTORESEARCH_GPUS (no nvidia-smi found)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -470,12 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.gitstore import GitError
     from orchestrator.loop import BaselineFailed
     from orchestrator.redis_server import RedisUnavailable
+    from worker.gpu_claim import NoFreeGpu
 
     try:
         return COMMANDS[args.command](args)
     except st.SettingsError as exc:
         return _die(str(exc), 2)
-    except (DataNotPrepared, RedisUnavailable, GitError, BaselineFailed) as exc:
+    except (DataNotPrepared, RedisUnavailable, GitError, BaselineFailed, NoFreeGpu) as exc:
         return _die(str(exc), 1)
     except KeyboardInterrupt:
         return _die("interrupted", 130)

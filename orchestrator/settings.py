@@ -51,7 +51,9 @@ class Settings:
     seed: int = 0
     local_workers: int | None = None
     runner: str = "process"
-    gpu: int | None = None
+    gpu: int | str | None = None  # an index, or "auto": claim a free GPU of this host
+    gpus: int | None = None  # GPUs on this host, for gpu="auto" (default: nvidia-smi's count)
+    host: str | None = None  # a stable id of this host (default: its hostname)
     train_wall_s: float | None = None
     eval_wall_s: float | None = None
     memory_gb: float | None = None
@@ -97,6 +99,18 @@ def _opt_float(v: str) -> float | None:
     return None if v == "" else _float(v)
 
 
+def parse_gpu(v: str) -> int | str | None:
+    """A GPU index, or "auto"."""
+    if v == "":
+        return None
+    if v == "auto":
+        return v
+    index = int(v)
+    if index < 0:
+        raise ValueError("must be a GPU index (0 or more) or auto")
+    return index
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(v: str) -> str:
         if v not in options:
@@ -129,7 +143,9 @@ ENV: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "seed": (("AUTORESEARCH_SEED",), _int),
     "local_workers": (("AUTORESEARCH_LOCAL_WORKERS",), _opt_int),
     "runner": (("AUTORESEARCH_RUNNER",), _choice(*RUNNERS)),
-    "gpu": (("AUTORESEARCH_GPU",), _opt_int),
+    "gpu": (("AUTORESEARCH_GPU",), parse_gpu),
+    "gpus": (("AUTORESEARCH_GPUS",), _opt_int),
+    "host": (("AUTORESEARCH_HOST",), str),
     "train_wall_s": (("AUTORESEARCH_TRAIN_WALL_S",), _opt_float),
     "eval_wall_s": (("AUTORESEARCH_EVAL_WALL_S",), _opt_float),
     "memory_gb": (("AUTORESEARCH_MEMORY_GB",), _opt_float),
@@ -191,8 +207,10 @@ def check(s: Settings) -> None:
         raise bad("llm_temperature", "must be between 0 and 2")
     if not (s.llm_price_in >= 0 and s.llm_price_out >= 0):
         raise SettingsError("llm prices must be 0 or more")
-    if s.gpu is not None and s.gpu < 0:
-        raise bad("gpu", "must be a GPU index, 0 or more")
+    if s.gpu is not None and s.gpu != "auto" and not (isinstance(s.gpu, int) and s.gpu >= 0):
+        raise bad("gpu", "must be a GPU index (0 or more) or auto")
+    if s.gpus is not None and s.gpus < 1:
+        raise bad("gpus", "must be 1 or more")
     if s.train_wall_s is not None and s.train_wall_s < 5:
         raise bad("train_wall_s", "must be at least 5 seconds")
     if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -231,4 +231,5 @@ def from_env(data_dir: Path, limits: Limits, gpu: int | None) -> DockerRunner:
         python=os.environ.get("AUTORESEARCH_RUNNER_PYTHON", "python3"),
         extra_mounts=mounts,
         path_map=parse_path_map(os.environ.get("AUTORESEARCH_HOST_PATHS", "")),
+        host=os.environ.get("AUTORESEARCH_HOST") or None,
     )
