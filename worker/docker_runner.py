@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import requests
 from docker.types import DeviceRequest, Mount
@@ -89,6 +90,7 @@ class DockerRunner(Runner):
         self.extra_mounts = list(extra_mounts)
         self.path_map = path_map or {}
         self.host = host or socket.gethostname()
+        self._prestarted: dict[str, Any] = {}
         try:
             self.client = client or docker.from_env()
             self.client.ping()
@@ -130,9 +132,7 @@ class DockerRunner(Runner):
             *(ro(path, path) for path in self.extra_mounts),
         ]
 
-    def run_phase(
-        self, phase: str, argv: list[str], workdir: Path, wall_s: float, emit: Emit
-    ) -> PhaseOutcome:
+    def _create(self, phase: str, argv: list[str], workdir: Path, waits: bool = False):
         (workdir / "scratch").chmod(0o777)  # the container's non-root user writes here
         memory = self.limits.memory_bytes or _default_memory()
         gpus = (
@@ -141,7 +141,7 @@ class DockerRunner(Runner):
             else []
         )
         try:
-            container = self.client.containers.create(
+            return self.client.containers.create(
                 self.image,
                 [self.python, "-m", "harness.entry", *argv],
                 name=f"{LABEL}-{phase}-{uuid.uuid4().hex[:12]}",
@@ -166,14 +166,49 @@ class DockerRunner(Runner):
                 shm_size="1g",
                 device_requests=gpus,
                 ulimits=[docker.types.Ulimit(name="core", soft=0, hard=0)],
+                stdin_open=waits,
             )
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise InfraError(f"cannot create the {phase} container: {exc}") from None
+
+    def prestart(self, phase: str, argv: list[str], workdir: Path) -> bool:
+        """Start the phase's container now; it imports torch, then waits for its go."""
+        container = self._create(phase, argv, workdir, waits=True)
+        self._prestarted[phase] = container
+        try:
+            container.start()
+        except docker.errors.DockerException as exc:
+            raise InfraError(f"{phase} container failed to start: {exc}") from None
+        return True
+
+    def discard_prestarted(self) -> None:
+        for container in self._prestarted.values():
+            _remove(container)
+        self._prestarted = {}
+
+    def _go(self, container) -> None:
+        sock = container.attach_socket(params={"stdin": 1, "stream": 1})
+        try:
+            raw = getattr(sock, "_sock", sock)
+            raw.sendall(b"go\n")
+        finally:
+            sock.close()
+
+    def run_phase(
+        self, phase: str, argv: list[str], workdir: Path, wall_s: float, emit: Emit
+    ) -> PhaseOutcome:
+        container = self._prestarted.pop(phase, None)
+        started = container is not None
+        if container is None:
+            container = self._create(phase, argv, workdir)
         start = time.monotonic()
         outcome = PhaseOutcome(exit_code=None, timed_out=False, seconds=0.0)
         pump: threading.Thread | None = None
         try:
-            container.start()
+            if started:
+                self._go(container)
+            else:
+                container.start()
             logs = container.logs(stream=True, follow=True)
             pump = pump_lines(_lines(logs), phase, emit, outcome.tail, self.limits.log_bytes)
             try:
