@@ -356,10 +356,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     host = s.host or socket.gethostname()
     claim = None
     gpu = s.gpu
+    count = (s.gpus if s.gpus is not None else _count_gpus()) if gpu == "auto" else None
+    if count == 0:
+        gpu = None
+        log.info("worker.no_gpu", why="AUTORESEARCH_GPUS=0: runs on the CPU, claims nothing")
     if gpu == "auto":
         from worker.gpu_claim import GpuClaim
 
-        count = s.gpus or _count_gpus()
         owner = args.name or f"{socket.gethostname()}-{os.getpid()}"
         claim = GpuClaim(redis, host, count, owner, log=log).acquire()
         gpu = claim.gpu

@@ -52,7 +52,7 @@ class Settings:
     local_workers: int | None = None
     runner: str = "process"
     gpu: int | str | None = None  # an index, or "auto": claim a free GPU of this host
-    gpus: int | None = None  # GPUs on this host, for gpu="auto" (default: nvidia-smi's count)
+    gpus: int | None = None  # GPUs on this host for gpu="auto" (default: nvidia-smi's); 0: CPU
     host: str | None = None  # a stable id of this host (default: its hostname)
     train_wall_s: float | None = None
     eval_wall_s: float | None = None
@@ -209,8 +209,8 @@ def check(s: Settings) -> None:
         raise SettingsError("llm prices must be 0 or more")
     if s.gpu is not None and s.gpu != "auto" and not (isinstance(s.gpu, int) and s.gpu >= 0):
         raise bad("gpu", "must be a GPU index (0 or more) or auto")
-    if s.gpus is not None and s.gpus < 1:
-        raise bad("gpus", "must be 1 or more")
+    if s.gpus is not None and s.gpus < 0:
+        raise bad("gpus", "must be 0 (no GPU: run on the CPU) or more")
     if s.train_wall_s is not None and s.train_wall_s < 5:
         raise bad("train_wall_s", "must be at least 5 seconds")
     if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -72,12 +72,12 @@ def test_a_crashed_workers_gpu_is_taken_over(redis_server, redis_client):
         assert claim.gpu == 0
 
 
-def _worker(redis_server, data_dir, tmp_path):
+def _worker(redis_server, data_dir, tmp_path, gpus="2"):
     from tests.conftest import clean_env
 
     env = clean_env(
         AUTORESEARCH_DATA_DIR=str(data_dir),
-        AUTORESEARCH_GPUS="2",
+        AUTORESEARCH_GPUS=gpus,
         AUTORESEARCH_HOST="h",
         REDIS_URL=redis_server.url,
     )
@@ -101,3 +101,11 @@ def test_worker_cli_claims_then_releases(redis_server, redis_client, data_dir, t
             proc = _worker(redis_server, data_dir, tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("autoresearch: error: all 2 GPUs")
+
+
+def test_no_gpu_host_runs_on_the_cpu(redis_server, redis_client, data_dir, tmp_path):
+    proc = _worker(redis_server, data_dir, tmp_path, gpus="0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"event": "worker.no_gpu"' in proc.stderr
+    assert '"gpu": null' in proc.stderr
+    assert redis_client.keys("autoresearch:gpu:*") == []
