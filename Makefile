@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch>=2.4,<3
 TAG ?= demo-$(shell date +%Y%m%d-%H%M%S)
 EXPERIMENTS ?= 9
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench compose-smoke clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/overhead.py
+
+# The compose stack on one machine without a GPU (docker/smoke.sh: its settings, e.g.
+# SMOKE_SKIP_BUILD=1, REDIS_IMAGE, RUNNER_BASE and RUNNER_TORCH_SPEC, come from the environment).
+compose-smoke:
+	bash docker/smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
