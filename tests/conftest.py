@@ -61,6 +61,27 @@ def data_dir(tmp_path_factory, corpus) -> Path:
     return out
 
 
+def run_candidate(runner, workdir: Path, source: str, budget: dict) -> tuple[dict, list]:
+    """Run one candidate through a runner; (result, [(phase, line), ...])."""
+    from worker import contract
+
+    spec = contract.make_spec(
+        id="t",
+        tag="t",
+        parent="p",
+        commit="c",
+        source=source,
+        profile="cpu",
+        fingerprint="f",
+        budget=budget,
+        seed=0,
+        description="test",
+    )
+    lines: list[tuple[str, str]] = []
+    fields = runner.run(spec, workdir, lambda phase, line: lines.append((phase, line)))
+    return contract.make_result(spec, **fields), lines
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without any autoresearch, LLM or Redis setting."""
     env = {

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 import docker
-from tests.conftest import TINY_TRAIN
-from worker import contract
+from tests.conftest import TINY_TRAIN, run_candidate
 from worker.docker_runner import LABEL, DockerRunner, parse_path_map
 from worker.runner import Limits
 
@@ -59,21 +58,8 @@ def ours(client) -> list:
 
 
 def run(runner, tmp_path, source, budget=None):
-    spec = contract.make_spec(
-        id="d",
-        tag="t",
-        parent="p",
-        commit="c",
-        source=source,
-        profile="cpu",
-        fingerprint="f",
-        budget=budget or BUDGET,
-        seed=0,
-        description="docker test",
-    )
-    lines: list[str] = []
-    fields = runner.run(spec, tmp_path / "work", lambda phase, line: lines.append(line))
-    return contract.make_result(spec, **fields), lines
+    result, lines = run_candidate(runner, tmp_path / "work", source, budget or BUDGET)
+    return result, [line for _, line in lines]
 
 
 def test_normal_candidate_scores_and_leaves_no_container(client, image, data_dir, tmp_path):

@@ -7,30 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_TRAIN, processes_under
-from worker import contract
+from tests.conftest import TINY_TRAIN, processes_under, run_candidate
 from worker.runner import Limits, ProcessRunner
 
 BUDGET = {"train_wall_s": 6.0, "save_margin_s": 1.5, "return_grace_s": 0.7, "eval_wall_s": 20.0}
 
 
 def run(data_dir: Path, tmp_path: Path, source: str, budget: dict | None = None, limits=None):
-    spec = contract.make_spec(
-        id="t",
-        tag="t",
-        parent="p",
-        commit="c",
-        source=source,
-        profile="cpu",
-        fingerprint="f",
-        budget=budget or BUDGET,
-        seed=0,
-        description="test",
+    return run_candidate(
+        ProcessRunner(data_dir, limits), tmp_path / "work", source, budget or BUDGET
     )
-    lines: list[tuple[str, str]] = []
-    runner = ProcessRunner(data_dir, limits)
-    fields = runner.run(spec, tmp_path / "work", lambda phase, line: lines.append((phase, line)))
-    return contract.make_result(spec, **fields), lines
 
 
 def alive(pid: int) -> bool:
