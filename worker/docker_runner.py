@@ -31,7 +31,7 @@ from worker.runner import HARNESS_ROOT, Emit, InfraError, Limits, PhaseOutcome, 
 
 LABEL = "autoresearch"
 IN_HARNESS = "/opt/autoresearch"
-IN_CANDIDATE = "/work/train.py"
+IN_CANDIDATE = "/candidate/train.py"
 IN_DATA = "/data"
 IN_SCRATCH = "/scratch"
 
