@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-hours", type=float, help="stop after this many hours")
     p.add_argument(
+        "--max-cost",
+        dest="max_cost_usd",
+        type=float,
+        help="stop once the run's LLM spend (USD, from token usage and the prices) reaches this",
+    )
+    p.add_argument(
         "--proposer",
         choices=["auto", "llm", "mutate"],
         help="default: llm if configured, else mutate",
@@ -275,7 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             runs_dir=runs_dir,
             seed=s.seed,
             min_delta=s.min_delta,
-            limits=Limits(s.max_experiments, s.max_hours),
+            limits=Limits(s.max_experiments, s.max_hours, s.max_cost_usd),
             log=log,
         )
         summary = research.run()

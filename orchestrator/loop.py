@@ -27,7 +27,7 @@ from orchestrator import defaults, logs
 from orchestrator.gitstore import GitStore
 from orchestrator.proposers.base import Proposal, ProposalRequest, Proposer
 from orchestrator.results import ResultsFile, best_kept, counts
-from orchestrator.validate import CandidateRejected, validate_candidate
+from orchestrator.validate import CandidateRejected, normalized_hash, validate_candidate
 from worker import contract
 
 FAILED_STATUSES = ("crash", "oom", "nan", "timeout", "overtime", "infra_error")
@@ -66,6 +66,7 @@ def deferred_sigint() -> Iterator[None]:
 class Limits:
     max_experiments: int | None = None
     max_hours: float | None = None
+    max_cost_usd: float | None = None  # LLM spend of the whole run, resumed sessions included
 
 
 @dataclass
@@ -139,7 +140,20 @@ class Research:
             self.stop_reason = f"max experiments ({lim.max_experiments}) reached"
         elif lim.max_hours is not None and time.monotonic() - self.started >= lim.max_hours * 3600:
             self.stop_reason = f"max hours ({lim.max_hours}) reached"
+        elif lim.max_cost_usd is not None and self.spent_usd() >= lim.max_cost_usd:
+            self.stop_reason = f"max LLM spend (${lim.max_cost_usd:.2f}) reached"
         return bool(self.stop_reason)
+
+    def spent_usd(self) -> float:
+        return sum(float(r.get("cost_usd") or 0) for r in self.results.rows())
+
+    def duplicate_of(self, parent: str, source_hash: str) -> str | None:
+        """The id of an experiment that already ran the same normalised source on parent."""
+        for row in self.results.rows():
+            if row.get("source_hash") == source_hash and row["parent"] == parent[:7]:
+                if row["status"] != "rejected":
+                    return row["id"]
+        return None
 
     def run_baseline(self) -> float:
         """Score the unmodified train.py; a second try absorbs a one-off hiccup of the host."""
@@ -181,11 +195,17 @@ class Research:
             rejected=proposal.rejected,
             usage=proposal.usage,
         )
+        source_hash = ""
         if proposal.rejected is None:
             try:
                 validate_candidate(proposal.source)
+                source_hash = normalized_hash(proposal.source)
             except CandidateRejected as exc:
                 proposal.rejected = str(exc)
+        if proposal.rejected is None and (twin := self.duplicate_of(self.frontier, source_hash)):
+            proposal.rejected = (
+                f"duplicate of {twin}: the same normalised source on the same parent"
+            )
         if proposal.rejected is not None:
             result = contract.make_result({"id": exp_id}, "crash", error=proposal.rejected)
             self.record(
@@ -300,6 +320,8 @@ class Research:
             "cost_usd": usage.get("cost_usd"),
             "error": result.get("error"),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # What ran, for near-duplicate checks (a rejected candidate did not run).
+            "source_hash": normalized_hash(proposal.source) if decision != "rejected" else "",
         }
         folder = self.folder / exp_id
         folder.mkdir(parents=True, exist_ok=True)

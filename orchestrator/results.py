@@ -31,6 +31,7 @@ COLUMNS = (
     "cost_usd",
     "error",
     "time",
+    "source_hash",
 )
 # Status of a row: the decision for a scored candidate, else what stopped it.
 ROW_STATUSES = (

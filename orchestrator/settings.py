@@ -47,6 +47,7 @@ class Settings:
     llm_price_out: float = 0.0
     max_experiments: int | None = None
     max_hours: float | None = None
+    max_cost_usd: float | None = None
     min_delta: float = defaults.MIN_DELTA
     seed: int = 0
     local_workers: int | None = None
@@ -139,6 +140,7 @@ ENV: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "llm_price_out": (("AUTORESEARCH_LLM_PRICE_OUT",), _float),
     "max_experiments": (("AUTORESEARCH_MAX_EXPERIMENTS",), _opt_int),
     "max_hours": (("AUTORESEARCH_MAX_HOURS",), _opt_float),
+    "max_cost_usd": (("AUTORESEARCH_MAX_COST_USD",), _opt_float),
     "min_delta": (("AUTORESEARCH_MIN_DELTA",), _float),
     "seed": (("AUTORESEARCH_SEED",), _int),
     "local_workers": (("AUTORESEARCH_LOCAL_WORKERS",), _opt_int),
@@ -197,7 +199,14 @@ def check(s: Settings) -> None:
         value = getattr(s, name)
         if value is not None and value < 0:
             raise bad(name, "must be 0 or more")
-    for name in ("max_hours", "train_wall_s", "eval_wall_s", "memory_gb", "llm_timeout_s"):
+    for name in (
+        "max_hours",
+        "max_cost_usd",
+        "train_wall_s",
+        "eval_wall_s",
+        "memory_gb",
+        "llm_timeout_s",
+    ):
         value = getattr(s, name)
         if value is not None and not value > 0:
             raise bad(name, "must be positive")

@@ -47,3 +47,12 @@ def _callable_with(args: ast.arguments, n: int) -> bool:
     required = positional - len(args.defaults)
     kw_required = any(default is None for default in args.kw_defaults)
     return (positional >= n or args.vararg is not None) and required <= n and not kw_required
+
+
+def normalized_hash(source: str) -> str:
+    """A hash of what the code does, not how it is laid out: comments and formatting are
+    dropped (the AST), so a candidate differing only in those is a duplicate."""
+    import ast
+    import hashlib
+
+    return hashlib.sha256(ast.dump(ast.parse(source)).encode()).hexdigest()[:16]

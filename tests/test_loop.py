@@ -275,3 +275,46 @@ def test_evaluate_prints_a_result(repo, data_dir):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("autoresearch: error:") and "def train(model, ctx)" in last
+
+
+def test_near_duplicate_is_not_run_twice(research, redis_server, data_dir, tmp_path):
+    # The same change again, differing only in a comment: the same normalised source.
+    twin = GOOD.replace("LR = 0.05  # learning rate", "LR = 0.05  # a faster learning rate")
+    settings = WorkerSettings(data_dir=data_dir, runs_dir=tmp_path / "runs")
+    workers = LocalWorkers(1, redis_server.url, settings, tmp_path / "logs").start()
+    try:
+        with ScriptedLLMServer([GOOD, twin]) as server:
+            r = research(scripted_proposer(server))
+            r.best = 0.0  # nothing is kept: the parent stays the same
+            r.step()
+            r.step()
+    finally:
+        workers.stop()
+    first, second = r.results.rows()
+    assert first["status"] == "discard" and first["source_hash"]
+    assert second["status"] == "rejected"
+    assert second["error"] == "duplicate of 0000: the same normalised source on the same parent"
+    assert r.git.candidate_ids("t") == ["0000"]  # never committed, never queued
+
+
+def test_llm_spend_limit_stops_the_run(research):
+    from orchestrator.loop import Limits
+
+    with ScriptedLLMServer([BAD_REPLIES["no edit"][0]]) as server:
+        proposer = LLMProposer(
+            base_url=server.base_url,
+            api_key="k",
+            model="m",
+            temperature=0,
+            system_prompt="p",
+            format_retries=0,
+            price_in_per_mtok=5000.0,
+        )
+        r = research(proposer)
+        r.best = 3.0
+        r.limits = Limits(max_cost_usd=0.25)
+        assert not r._should_stop(0)
+        r.step()
+    assert r.spent_usd() >= 0.25
+    assert r._should_stop(1)
+    assert r.stop_reason == "max LLM spend ($0.25) reached"
