@@ -121,6 +121,8 @@ class Research:
             results=str(self.results.path),
         )
         try:
+            self.reconcile()
+            best = best_kept(self.results.rows())
             if best is None:
                 self.best = self.run_baseline()
             else:
@@ -162,7 +164,8 @@ class Research:
             exp_id = self.next_id()
             self.log.info("baseline.start", id=exp_id, commit=self.frontier[:12])
             self.git.pin(self.tag, exp_id, self.frontier)
-            result = self.execute(exp_id, self.frontier, self.frontier, source, "baseline")
+            proposal = Proposal(source, "baseline", "baseline")
+            result = self.execute(exp_id, self.frontier, self.frontier, proposal)
             ok = result["status"] == "ok"
             self.record(
                 exp_id,
@@ -171,7 +174,7 @@ class Research:
                 "baseline",
                 result,
                 "keep" if ok else result["status"],
-                Proposal(source, "baseline", "baseline"),
+                proposal,
             )
             if ok:
                 return float(result["val_bpb"])
@@ -215,17 +218,63 @@ class Research:
         commit = self.git.commit_candidate(
             self.tag, exp_id, self.frontier, proposal.source, f"{exp_id}: {proposal.description}"
         )
-        result = self.execute(exp_id, commit, self.frontier, proposal.source, proposal.description)
-        if result["status"] == "ok":
-            improved = result["val_bpb"] < self.best - self.min_delta
-            decision = "keep" if improved else "discard"
-        else:
-            decision = result["status"]
-            self.failure_tail = result["log_tail"][-4000:]
+        result = self.execute(exp_id, commit, self.frontier, proposal)
+        decision = self.decide(result, self.frontier)
         self.record(exp_id, commit, self.frontier, proposal.description, result, decision, proposal)
 
+    def decide(self, result: dict, parent: str) -> str:
+        """keep when built on the frontier and better by more than the margin."""
+        if result["status"] != "ok":
+            self.failure_tail = result["log_tail"][-4000:]
+            return result["status"]
+        if self.best is None:
+            return "discard"
+        improved = result["val_bpb"] < self.best - self.min_delta
+        return "keep" if improved and parent == self.frontier else "discard"
+
+    def reconcile(self) -> None:
+        """Record what a killed orchestrator left in flight: every pinned candidate without a
+        row whose job RQ still knows is awaited and recorded once. One whose job is gone
+        (a private Redis died with the run) never finished: it is logged, not recorded."""
+        rows = self.results.rows()
+        kept = best_kept(rows)
+        self.best = float(kept["val_bpb"]) if kept else None
+        recorded = {r["id"] for r in rows}
+        for exp_id in sorted(set(self.git.candidate_ids(self.tag)) - recorded):
+            try:
+                job = Job.fetch(
+                    self.job_id(exp_id), connection=self.redis, serializer=JSONSerializer
+                )
+            except NoSuchJobError:
+                self.log.warning("reconcile.lost", id=exp_id, why="its job is not in Redis")
+                continue
+            spec = job.args[0]
+            meta = job.meta or {}
+            self.log.info("reconcile.await", id=exp_id, status=job.get_status(refresh=True).value)
+            result = self.await_job(job, spec)
+            proposal = Proposal(
+                spec["source"],
+                spec["description"],
+                meta.get("proposer", "?"),
+                meta.get("usage") or {},
+            )
+            if spec["commit"] == spec["parent"]:  # a baseline
+                decision = "keep" if result["status"] == "ok" else result["status"]
+            else:
+                decision = self.decide(result, spec["parent"])
+            self.record(
+                exp_id,
+                spec["commit"],
+                spec["parent"],
+                spec["description"],
+                result,
+                decision,
+                proposal,
+            )
+
     # ----- one experiment on a worker -----
-    def execute(self, exp_id: str, commit: str, parent: str, source: str, description: str) -> dict:
+    def execute(self, exp_id: str, commit: str, parent: str, proposal: Proposal) -> dict:
+        source, description = proposal.source, proposal.description
         spec = contract.make_spec(
             id=exp_id,
             tag=self.tag,
@@ -251,6 +300,8 @@ class Research:
             failure_ttl=defaults.RESULT_TTL_S,
             retry=Retry(max=defaults.INFRA_RETRIES),
             description=f"{self.tag}/{exp_id} {description}",
+            # What a restarted orchestrator needs to record the result without us.
+            meta={"proposer": proposal.proposer, "usage": proposal.usage},
         )
         self.log.info("enqueued", id=exp_id, commit=commit[:12], description=description)
         try:

@@ -318,3 +318,59 @@ def test_llm_spend_limit_stops_the_run(research):
     assert r.spent_usd() >= 0.25
     assert r._should_stop(1)
     assert r.stop_reason == "max LLM spend ($0.25) reached"
+
+
+def test_orchestrator_killed_mid_experiment_resumes_without_loss(
+    repo, data_dir, redis_server, redis_client, tmp_path
+):
+    """SIGKILL the orchestrator while a candidate trains; the worker finishes it; a restart
+    records it exactly once and goes on."""
+    import signal
+
+    settings = WorkerSettings(data_dir=data_dir, runs_dir=repo / "workspace/runs")
+    workers = LocalWorkers(1, redis_server.url, settings, tmp_path / "logs").start()
+    runs = repo / "workspace/runs/kill"
+    args = [
+        "run",
+        "--tag",
+        "kill",
+        "--local-workers",
+        "0",
+        "--train-wall",
+        "10",
+        "--eval-wall",
+        "20",
+    ]
+    env = clean_env(AUTORESEARCH_DATA_DIR=str(data_dir), REDIS_URL=redis_server.url)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_for(lambda: "@metrics" in _read(runs / "0001" / "output.log"), what="0001 runs")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert [r["id"] for r in ResultsFile(runs / "results.tsv").rows()] == ["0000"]
+        again = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *args, "--max-experiments", "1"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        workers.stop()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reconcile.await" in again.stderr
+    rows = ResultsFile(runs / "results.tsv").rows()
+    assert [r["id"] for r in rows] == ["0000", "0001", "0002"]
+    assert rows[1]["proposer"] == "mutate" and rows[1]["status"] in ("keep", "discard")
+    kept = [r["commit"] for r in rows[1:] if r["status"] == "keep"]
+    on_branch = git(repo, "rev-list", "--reverse", "autoresearch/kill").split()[1:]
+    assert [c[:7] for c in on_branch] == kept
