@@ -25,3 +25,5 @@ POLL_INTERVAL_S = 0.1
 INFRA_RETRIES = 1
 # The unmodified train.py is tried this many times before the run gives up.
 BASELINE_ATTEMPTS = 2
+# How often an awaiting loop asks RQ to sweep jobs abandoned by dead workers.
+ABANDONED_SWEEP_S = 5.0

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from worker.settings import WorkerSettings
@@ -42,7 +43,7 @@ class LocalWorkers:
                 "--redis-url",
                 self.redis_url,
                 "--name",
-                f"local-{os.getpid()}-{i}",
+                f"local-{os.getpid()}-{uuid.uuid4().hex[:6]}-{i}",
             ]
             gpu = self.gpus[i % len(self.gpus)]
             if gpu is not None:

@@ -20,6 +20,7 @@ from rq import Queue, Retry, Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from harness.profiles import Profile
@@ -312,7 +313,13 @@ class Research:
 
     def await_job(self, job: Job, spec: dict) -> dict:
         started = time.monotonic()
+        swept = started
         while True:
+            if time.monotonic() - swept > defaults.ABANDONED_SWEEP_S:
+                # A worker that died mid-job stops heartbeating; RQ's registry cleanup then
+                # fails the job as abandoned and, with a retry left, requeues it for another.
+                StartedJobRegistry(queue=self.queue).cleanup()
+                swept = time.monotonic()
             status = job.get_status(refresh=True)
             if status == JobStatus.FINISHED:
                 return job.return_value(refresh=True)

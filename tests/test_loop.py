@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -374,3 +375,67 @@ def test_orchestrator_killed_mid_experiment_resumes_without_loss(
     kept = [r["commit"] for r in rows[1:] if r["status"] == "keep"]
     on_branch = git(repo, "rev-list", "--reverse", "autoresearch/kill").split()[1:]
     assert [c[:7] for c in on_branch] == kept
+
+
+def _session_members(sid: int) -> list[int]:
+    members = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:  # the session id, after state, ppid and pgrp
+                members.append(int(proc.name))
+    return members
+
+
+def test_worker_killed_mid_experiment_is_retried_on_another(repo, data_dir, redis_server, tmp_path):
+    """Kill a worker (daemon and work-horse) while it trains a candidate: its processes go,
+    RQ finds the job abandoned, another worker reruns it, and the row is a real result."""
+    import signal
+
+    settings = WorkerSettings(data_dir=data_dir, runs_dir=repo / "workspace/runs")
+    doomed = LocalWorkers(1, redis_server.url, settings, tmp_path / "a").start()
+    runs = repo / "workspace/runs/wk"
+    env = clean_env(AUTORESEARCH_DATA_DIR=str(data_dir), REDIS_URL=redis_server.url)
+    args = [
+        "run",
+        "--tag",
+        "wk",
+        "--local-workers",
+        "0",
+        "--max-experiments",
+        "1",
+        "--train-wall",
+        "10",
+        "--eval-wall",
+        "20",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    rescuer = None
+    try:
+        _wait_for(lambda: "@metrics" in _read(runs / "0001" / "output.log"), what="0001 runs")
+        for pid in _session_members(doomed.procs[0].pid):
+            os.kill(pid, signal.SIGKILL)
+        doomed.procs[0].wait()
+        # Its candidate processes die with their parent (PDEATHSIG), nothing is left.
+        _wait_for(lambda: not processes_under(runs / "0001"), timeout_s=10, what="reaping")
+        rescuer = LocalWorkers(1, redis_server.url, settings, tmp_path / "b").start()
+        out, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+        if rescuer:
+            rescuer.stop()
+    assert proc.returncode == 0, err[-3000:]
+    rows = ResultsFile(runs / "results.tsv").rows()
+    assert [r["id"] for r in rows] == ["0000", "0001"]
+    assert rows[1]["status"] in ("keep", "discard"), rows[1]
+    assert rows[1]["worker"] != rows[0]["worker"]  # the rerun ran on the other worker

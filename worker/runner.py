@@ -11,6 +11,7 @@ import ctypes
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,7 +92,9 @@ class Runner(ABC):
     def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
         workdir = Path(workdir)
         scratch = workdir / "scratch"
-        scratch.mkdir(parents=True, exist_ok=True)
+        # A retried job finds what a dead attempt left: start from an empty scratch.
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
         candidate = workdir / "train.py"
         candidate.write_text(spec["source"])
         budget = spec["budget"]
