@@ -19,10 +19,12 @@ from orchestrator import settings as st
 
 EXAMPLES = """\
 examples:
-  autoresearch prepare                     # cpu profile, local corpus (the stdlib's source)
+  autoresearch prepare                     # local corpus (this Python's stdlib source)
+  autoresearch prepare --source http       # the climbmix parquet shards
   autoresearch run --tag nov28             # the loop, on the embedded defaults
   autoresearch run --tag nov28 --max-experiments 50 --max-hours 8
   REDIS_URL=redis://host:6379/0 autoresearch worker --gpu 0
+  REDIS_URL=... AUTORESEARCH_GPUS=8 autoresearch worker --runner docker --gpu auto
   autoresearch evaluate workspace/train.py --json
   autoresearch status --tag nov28
 """
