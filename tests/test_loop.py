@@ -113,7 +113,7 @@ BAD_REPLIES = {
 }
 
 
-def scripted_proposer(server: ScriptedLLMServer) -> LLMProposer:
+def scripted_proposer(server: ScriptedLLMServer, **options) -> LLMProposer:
     return LLMProposer(
         base_url=server.base_url,
         api_key="k",
@@ -121,6 +121,7 @@ def scripted_proposer(server: ScriptedLLMServer) -> LLMProposer:
         temperature=0,
         system_prompt="p",
         format_retries=0,
+        **options,
     )
 
 
@@ -302,16 +303,7 @@ def test_llm_spend_limit_stops_the_run(research):
     from orchestrator.loop import Limits
 
     with ScriptedLLMServer([BAD_REPLIES["no edit"][0]]) as server:
-        proposer = LLMProposer(
-            base_url=server.base_url,
-            api_key="k",
-            model="m",
-            temperature=0,
-            system_prompt="p",
-            format_retries=0,
-            price_in_per_mtok=5000.0,
-        )
-        r = research(proposer)
+        r = research(scripted_proposer(server, price_in_per_mtok=5000.0))
         r.best = 3.0
         r.limits = Limits(max_cost_usd=0.25)
         assert not r._should_stop(0)
