@@ -31,8 +31,6 @@ from orchestrator.results import ResultsFile, best_kept, counts
 from orchestrator.validate import CandidateRejected, normalized_hash, validate_candidate
 from worker import contract
 
-FAILED_STATUSES = ("crash", "oom", "nan", "timeout", "overtime", "infra_error")
-
 
 class BaselineFailed(RuntimeError):
     """The unmodified train.py did not score: nothing can be compared against it."""
@@ -109,7 +107,6 @@ class Research:
     def run(self) -> dict[str, Any]:
         self.frontier, created = self.git.start_branch(self.tag)
         rows = self.results.rows()
-        best = best_kept(rows)
         self.log.info(
             "run.start",
             tag=self.tag,
@@ -167,17 +164,11 @@ class Research:
             self.git.pin(self.tag, exp_id, self.frontier)
             proposal = Proposal(source, "baseline", "baseline")
             result = self.execute(exp_id, self.frontier, self.frontier, proposal)
-            ok = result["status"] == "ok"
+            decision = self.decide(result, self.frontier, self.frontier)
             self.record(
-                exp_id,
-                self.frontier,
-                self.frontier,
-                "baseline",
-                result,
-                "keep" if ok else result["status"],
-                proposal,
+                exp_id, self.frontier, self.frontier, "baseline", result, decision, proposal
             )
-            if ok:
+            if decision == "keep":
                 return float(result["val_bpb"])
         raise BaselineFailed(f"baseline {result['status']}: {result['error']}")
 
@@ -220,11 +211,14 @@ class Research:
             self.tag, exp_id, self.frontier, proposal.source, f"{exp_id}: {proposal.description}"
         )
         result = self.execute(exp_id, commit, self.frontier, proposal)
-        decision = self.decide(result, self.frontier)
+        decision = self.decide(result, commit, self.frontier)
         self.record(exp_id, commit, self.frontier, proposal.description, result, decision, proposal)
 
-    def decide(self, result: dict, parent: str) -> str:
-        """keep when built on the frontier and better by more than the margin."""
+    def decide(self, result: dict, commit: str, parent: str) -> str:
+        """A baseline (commit == parent) is kept when it scores; a candidate when it was built
+        on the frontier and beats the best by more than the margin."""
+        if commit == parent:
+            return "keep" if result["status"] == "ok" else result["status"]
         if result["status"] != "ok":
             self.failure_tail = result["log_tail"][-4000:]
             return result["status"]
@@ -259,10 +253,7 @@ class Research:
                 meta.get("proposer", "?"),
                 meta.get("usage") or {},
             )
-            if spec["commit"] == spec["parent"]:  # a baseline
-                decision = "keep" if result["status"] == "ok" else result["status"]
-            else:
-                decision = self.decide(result, spec["parent"])
+            decision = self.decide(result, spec["commit"], spec["parent"])
             self.record(
                 exp_id,
                 spec["commit"],
