@@ -90,7 +90,6 @@ class DockerRunner(Runner):
         self.extra_mounts = list(extra_mounts)
         self.path_map = path_map or {}
         self.host = host or socket.gethostname()
-        self._prestarted: dict[str, Any] = {}
         try:
             self.client = client or docker.from_env()
             self.client.ping()
@@ -171,20 +170,18 @@ class DockerRunner(Runner):
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise InfraError(f"cannot create the {phase} container: {exc}") from None
 
-    def prestart(self, phase: str, argv: list[str], workdir: Path) -> bool:
+    def start_waiting(self, phase: str, argv: list[str], workdir: Path) -> Any:
         """Start the phase's container now; it imports torch, then waits for its go."""
         container = self._create(phase, argv, workdir, waits=True)
-        self._prestarted[phase] = container
         try:
             container.start()
         except docker.errors.DockerException as exc:
-            raise InfraError(f"{phase} container failed to start: {exc}") from None
-        return True
-
-    def discard_prestarted(self) -> None:
-        for container in self._prestarted.values():
             _remove(container)
-        self._prestarted = {}
+            raise InfraError(f"{phase} container failed to start: {exc}") from None
+        return container
+
+    def discard(self, handle: Any) -> None:
+        _remove(handle)
 
     def _go(self, container) -> None:
         sock = container.attach_socket(params={"stdin": 1, "stream": 1})

@@ -73,6 +73,7 @@ class Runner(ABC):
     def __init__(self, data_dir: Path, limits: Limits | None = None, gpu: int | None = None):
         self.data_dir = Path(data_dir)
         self.limits = limits or Limits()
+        self._prestarted: dict[str, Any] = {}  # phase -> handle from start_waiting
         self.gpu = gpu
 
     @abstractmethod
@@ -81,13 +82,26 @@ class Runner(ABC):
     ) -> PhaseOutcome:
         """Run `python -m harness.entry <phase> ...` and kill it at wall_s, whatever happens."""
 
+    def start_waiting(self, phase: str, argv: list[str], workdir: Path) -> Any:
+        """Start a phase early, waiting (`--wait`) for run_phase's go: a handle for
+        run_phase and discard, or None where a runner cannot."""
+        return None
+
+    def discard(self, handle: Any) -> None:
+        """Kill and reap a started phase that will not be used."""
+        raise NotImplementedError("a runner whose start_waiting returns handles discards them")
+
     def prestart(self, phase: str, argv: list[str], workdir: Path) -> bool:
-        """Start a phase early, waiting (`--wait`) for run_phase's go; False if unsupported."""
-        return False
+        handle = self.start_waiting(phase, argv, workdir)
+        if handle is not None:
+            self._prestarted[phase] = handle
+        return handle is not None
 
     def discard_prestarted(self) -> None:
         """Kill whatever prestart started and run_phase did not use."""
-        return None
+        for handle in self._prestarted.values():
+            self.discard(handle)
+        self._prestarted.clear()
 
     def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
         workdir = Path(workdir)
@@ -267,10 +281,6 @@ class ProcessRunner(Runner):
 
     name = "process"
 
-    def __init__(self, data_dir: Path, limits: Limits | None = None, gpu: int | None = None):
-        super().__init__(data_dir, limits, gpu)
-        self._prestarted: dict[str, subprocess.Popen] = {}
-
     def _env(self, workdir: Path) -> dict[str, str]:
         """A clean environment: no API keys, no Redis password, nothing inherited by accident."""
         env = {
@@ -310,18 +320,15 @@ class ProcessRunner(Runner):
             preexec_fn=self._preexec,
         )
 
-    def prestart(self, phase: str, argv: list[str], workdir: Path) -> bool:
-        self._prestarted[phase] = self._spawn(argv, workdir, waits=True)
-        return True
+    def start_waiting(self, phase: str, argv: list[str], workdir: Path) -> subprocess.Popen:
+        return self._spawn(argv, workdir, waits=True)
 
-    def discard_prestarted(self) -> None:
-        for proc in self._prestarted.values():
-            _killpg(proc.pid)
-            proc.wait()
-            for pipe in (proc.stdin, proc.stdout):
-                if pipe:
-                    pipe.close()
-        self._prestarted = {}
+    def discard(self, handle: subprocess.Popen) -> None:
+        _killpg(handle.pid)
+        handle.wait()
+        for pipe in (handle.stdin, handle.stdout):
+            if pipe:
+                pipe.close()
 
     def run_phase(
         self, phase: str, argv: list[str], workdir: Path, wall_s: float, emit: Emit
