@@ -410,15 +410,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _count_gpus() -> int:
-    import shutil
-    import subprocess
-
-    if shutil.which("nvidia-smi"):
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
-        count = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
-        if count:
-            return count
-    raise st.SettingsError("gpus: --gpu auto needs AUTORESEARCH_GPUS (no nvidia-smi found)")
+    count = st.count_gpus()
+    if not count:
+        raise st.SettingsError("gpus: --gpu auto needs AUTORESEARCH_GPUS (no nvidia-smi found)")
+    return count
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

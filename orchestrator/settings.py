@@ -24,6 +24,16 @@ TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RUNNERS = ("process", "docker")
 
 
+def count_gpus() -> int:
+    """NVIDIA GPUs this host has, by `nvidia-smi -L` (no torch in the orchestrator); 0 if none."""
+    if not shutil.which("nvidia-smi"):
+        return 0
+    probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return 0
+    return sum(1 for line in probe.stdout.splitlines() if line.startswith("GPU "))
+
+
 class SettingsError(ValueError):
     """A setting has an invalid value; the message names it."""
 
@@ -64,10 +74,8 @@ class Settings:
         """(profile, why)."""
         if self.profile != "auto":
             return self.profile, "set"
-        if shutil.which("nvidia-smi"):
-            probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
-            if probe.returncode == 0 and "GPU" in probe.stdout:
-                return "gpu", "a CUDA GPU was found"
+        if count_gpus():
+            return "gpu", "a CUDA GPU was found"
         return "cpu", "no CUDA GPU found"
 
     def resolved_data_dir(self, profile: str) -> Path:
