@@ -45,8 +45,9 @@ def _gpu_arg(value: str) -> int | str | None:
 def _add_runner(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runner",
-        choices=["process", "docker"],
-        help="process (default): subprocesses; docker: one locked-down container per phase",
+        choices=st.RUNNERS,
+        help="process (default): subprocesses; docker: one locked-down container per phase; "
+        "simulate: hold the worker for the budget, no training (benchmarks, dry runs)",
     )
 
 
@@ -111,8 +112,58 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: llm if configured, else mutate",
     )
     p.add_argument("--model", dest="llm_model", help=f"LLM model (default {defaults.LLM_MODEL})")
-    p.add_argument(
-        "--min-delta", type=float, help=f"keep only gains above this (default {defaults.MIN_DELTA})"
+    g = p.add_argument_group(
+        "noise-aware keeps", "a gain counts above max(min-delta, z x sigma); see README"
+    )
+    g.add_argument(
+        "--min-delta",
+        type=float,
+        help=f"smallest gain that counts, in val_bpb (default {defaults.MIN_DELTA})",
+    )
+    g.add_argument(
+        "--noise-runs",
+        type=int,
+        help=f"runs of the frontier for the noise floor sigma (default {defaults.NOISE_RUNS})",
+    )
+    g.add_argument(
+        "--noise-every",
+        type=int,
+        help=f"measure the noise again after this many keeps (default {defaults.NOISE_EVERY_KEEPS})",
+    )
+    g.add_argument(
+        "--z",
+        dest="noise_z",
+        type=float,
+        help=f"sigmas a gain must exceed (default {defaults.NOISE_Z})",
+    )
+    g.add_argument(
+        "--confirm",
+        action=argparse.BooleanOptionalAction,
+        help="re-run a would-be keep on another worker before the branch moves (default on)",
+    )
+    g = p.add_argument_group("scheduling")
+    g.add_argument(
+        "--lookahead",
+        type=int,
+        help=f"jobs queued beyond one per live worker (default {defaults.LOOKAHEAD})",
+    )
+    g.add_argument("--max-in-flight", type=int, help="cap on jobs queued or running (default none)")
+    g.add_argument(
+        "--llm-concurrency",
+        type=int,
+        help=f"proposals (LLM calls) made at once (default {defaults.LLM_CONCURRENCY})",
+    )
+    g.add_argument(
+        "--llm-rate",
+        dest="llm_rate_per_min",
+        type=float,
+        help="proposals started per minute at most (default: no limit)",
+    )
+    g.add_argument(
+        "--sequential",
+        action="store_true",
+        default=None,
+        help="propose, run and decide one experiment at a time (no parallel search)",
     )
     p.add_argument("--seed", type=int, help="seed of training and of the mutate proposer")
     p.add_argument("--redis-url", help="Redis to use (default: a private server for this run)")
@@ -231,7 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness import manifest as mf
     from orchestrator.gitstore import GitStore
     from orchestrator.local_workers import LocalWorkers
-    from orchestrator.loop import Limits, Research, budget_for
+    from orchestrator.loop import Limits, Policy, Research, budget_for
     from orchestrator.redis_server import PrivateRedis, connect
     from worker.settings import WorkerSettings
 
@@ -282,7 +333,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             budget=budget_for(profile, s.train_wall_s, s.eval_wall_s),
             runs_dir=runs_dir,
             seed=s.seed,
-            min_delta=s.min_delta,
+            policy=Policy(
+                lookahead=s.lookahead,
+                max_in_flight=s.max_in_flight,
+                llm_concurrency=s.llm_concurrency,
+                llm_rate_per_min=s.llm_rate_per_min,
+                sequential=s.sequential,
+                noise_runs=s.noise_runs,
+                noise_every=s.noise_every,
+                z=s.noise_z,
+                min_delta=s.min_delta,
+                confirm=s.confirm,
+            ),
             limits=Limits(s.max_experiments, s.max_hours, s.max_cost_usd),
             log=log,
         )
@@ -391,8 +453,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
             removed = make_runner(wsettings).cleanup_orphans()
             log.info("worker.orphans_removed", count=len(removed), names=removed)
         name = args.name or f"{host}-{'cpu' if gpu is None else f'gpu{gpu}'}-{os.getpid()}"
-        queue = Queue(contract.QUEUE_NAME, connection=redis, serializer=JSONSerializer)
-        worker = Worker([queue], connection=redis, name=name, serializer=JSONSerializer)
+        queues = [
+            Queue(q, connection=redis, serializer=JSONSerializer)
+            for q in (contract.worker_queue(name), contract.QUEUE_NAME)
+        ]
+        worker = Worker(queues, connection=redis, name=name, serializer=JSONSerializer)
         log.info(
             "worker.start",
             name=name,

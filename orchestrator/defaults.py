@@ -11,7 +11,7 @@ LLM_TIMEOUT_S = 120.0
 LLM_MAX_RETRIES = 4
 LLM_FORMAT_RETRIES = 3
 MAX_CANDIDATE_BYTES = 64_000
-# A candidate is kept when val_bpb < best - MIN_DELTA (the noise margin).
+# The smallest gain that counts, whatever the noise floor (val_bpb).
 MIN_DELTA = 0.001
 # Rows of results.tsv and lines of the last failure shown to the proposer.
 RESULTS_TAIL_ROWS = 20
@@ -27,3 +27,18 @@ INFRA_RETRIES = 1
 BASELINE_ATTEMPTS = 2
 # How often an awaiting loop asks RQ to sweep jobs abandoned by dead workers.
 ABANDONED_SWEEP_S = 5.0
+# Scheduling: jobs kept queued beyond one per live worker, so a worker that finishes
+# dequeues its next candidate at once; LLM calls in flight at most; how often the live
+# workers are counted.
+LOOKAHEAD = 1
+LLM_CONCURRENCY = 8
+WORKER_REFRESH_S = 1.0
+# Noise: runs of the frontier at the start (the baseline included) and again after every
+# NOISE_EVERY_KEEPS keeps; a gain counts above max(MIN_DELTA, NOISE_Z x sigma); a would-be
+# keep is re-run with another seed on another worker before the branch moves.
+NOISE_RUNS = 3
+NOISE_EVERY_KEEPS = 5
+NOISE_Z = 2.0
+CONFIRM = True
+# Redis unreachable: the loop retries with backoff up to this many seconds apart.
+REDIS_BACKOFF_MAX_S = 5.0

@@ -113,6 +113,25 @@ class GitStore:
     def diff(self, old: str, new: str) -> str:
         return self._git("diff", old, new, "--", self.train_path, strip=False)
 
+    def merge3(self, base: str, ours: str, theirs: str) -> str | None:
+        """Three-way merge of train.py texts (`git merge-file`): theirs' change from base
+        re-applied on ours. None when the two changes conflict."""
+        with tempfile.TemporaryDirectory(prefix="autoresearch-merge-") as tmp:
+            paths = []
+            for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
+                path = Path(tmp) / name
+                path.write_text(text)
+                paths.append(str(path))
+            proc = subprocess.run(
+                ["git", "merge-file", "-p", "--quiet", *paths],
+                cwd=self.repo,
+                capture_output=True,
+                text=True,
+            )
+        if proc.returncode < 0 or proc.returncode > 127:
+            raise GitError(f"git merge-file: {proc.stderr.strip()}")
+        return proc.stdout if proc.returncode == 0 else None
+
 
 def _identity() -> dict[str, str]:
     """A committer identity for repositories (and CI machines) that have none configured."""

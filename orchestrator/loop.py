@@ -1,14 +1,28 @@
-"""The research loop: baseline, then propose, validate, record, enqueue, await, decide.
+"""The research loop: many experiments in flight, each ending as exactly one results row.
 
-Every attempt ends as exactly one results.tsv row. The keep (branch move) and its row are
-written with SIGINT deferred, so Ctrl-C never leaves a half row or a keep without its row.
+One thread pumps, every POLL_INTERVAL_S: it collects proposals (made on threads, LLM
+calls in flight while the workers train), polls the jobs in flight, decides the finished
+ones, dispatches ready candidates while the live workers have room (one job per worker
+plus a look-ahead), and starts proposals ahead of demand.
+
+Decisions are noise-aware: the frontier is run several times to estimate the noise floor,
+a gain counts above max(min_delta, z x sigma), and a would-be keep is confirmed by a
+re-run on another worker before the branch moves. A candidate that won against an older
+frontier is re-applied on the new one (three-way merge), or combined by the LLM.
+
+Every keep (branch move) and its row are written with SIGINT deferred, so Ctrl-C never
+leaves a half row or a keep without its row.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import queue as queuelib
 import signal
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +38,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from harness.profiles import Profile
-from orchestrator import defaults, logs
+from orchestrator import defaults, logs, noise
 from orchestrator.gitstore import GitStore
 from orchestrator.proposers.base import Proposal, ProposalRequest, Proposer
 from orchestrator.results import ResultsFile, best_kept, counts
@@ -63,9 +77,53 @@ def deferred_sigint() -> Iterator[None]:
 
 @dataclass
 class Limits:
-    max_experiments: int | None = None
+    max_experiments: int | None = None  # candidates proposed this session
     max_hours: float | None = None
     max_cost_usd: float | None = None  # LLM spend of the whole run, resumed sessions included
+
+
+@dataclass
+class Policy:
+    """How candidates are scheduled and judged; the README explains each trade-off."""
+
+    lookahead: int = defaults.LOOKAHEAD  # jobs queued beyond one per live worker
+    max_in_flight: int | None = None  # cap on jobs queued or running (None: no cap)
+    llm_concurrency: int = defaults.LLM_CONCURRENCY  # proposals being made at once
+    llm_rate_per_min: float | None = None  # proposals started per minute (None: no cap)
+    sequential: bool = False  # propose, run, decide, one at a time (the old loop)
+    noise_runs: int = defaults.NOISE_RUNS  # runs of the frontier for the noise floor
+    noise_every: int = defaults.NOISE_EVERY_KEEPS  # re-measure after this many keeps
+    z: float = defaults.NOISE_Z
+    min_delta: float = defaults.MIN_DELTA
+    confirm: bool = defaults.CONFIRM
+
+
+@dataclass
+class Flight:
+    """A job queued or running, and what to do with its result."""
+
+    id: str
+    kind: str  # baseline | noise | candidate | confirm
+    job: Job
+    spec: dict[str, Any]
+    proposal: Proposal
+    queue: str
+    of: str = ""  # a confirmation: the candidate's id
+    source_hash: str = ""  # normalised, for the near-duplicate check
+
+    def __post_init__(self) -> None:
+        self.source_hash = self.source_hash or normalized_hash(self.spec["source"])
+
+
+@dataclass
+class Ready:
+    """A validated proposal waiting for a free worker."""
+
+    proposal: Proposal
+    parent: str  # the frontier it was written against
+
+
+JOB_KINDS = ("baseline", "noise", "candidate", "confirm")
 
 
 @dataclass
@@ -79,7 +137,7 @@ class Research:
     budget: dict
     runs_dir: Path
     seed: int = 0
-    min_delta: float = defaults.MIN_DELTA
+    policy: Policy = field(default_factory=Policy)
     limits: Limits = field(default_factory=Limits)
     log: Any = field(default_factory=logs.get)
 
@@ -88,20 +146,61 @@ class Research:
         self.results = ResultsFile(self.folder / defaults.RESULTS_FILE)
         self.queue = Queue(contract.QUEUE_NAME, connection=self.redis, serializer=JSONSerializer)
         self.failure_tail = ""
-        self.best: float | None = None  # val_bpb of the frontier, once scored
+        self.best: float | None = None  # mean val_bpb of the frontier, once scored
+        self.frontier = ""
         self.started = time.monotonic()
         self.session_rows: list[dict[str, Any]] = []
         self.stop_reason = ""
+        self.flights: dict[str, Flight] = {}
+        self.ready: deque[Ready] = deque()
+        self.made: queuelib.SimpleQueue = queuelib.SimpleQueue()  # (Proposal, parent, s)
+        self.proposing = 0  # proposal threads running
+        self.proposed = 0  # proposals started this session (max_experiments counts these)
+        self.parked: list[tuple[Flight, dict]] = []  # candidates waiting for the noise floor
+        self.confirming: dict[str, tuple[Flight, dict]] = {}  # candidate id -> it, result
+        self.workers: list[str] = []
+        self.keeps_since_noise = 0
+        self.baseline_failures = 0
+        self._next_id: int | None = None
+        self._first_id: int | None = None
+        self._workers_at = 0.0
+        self._swept_at = time.monotonic()
+        self._next_proposal_at = 0.0
+        self._llm_latency: float | None = None  # moving average, seconds
+        self._job_seconds = float(self.budget["train_wall_s"] + self.budget["eval_wall_s"])
         self._warned_no_worker = False
+        self._redis_down_since: float | None = None
 
     # ----- ids and state -----
-    def next_id(self) -> str:
-        used = [int(r["id"]) for r in self.results.rows() if r.get("id", "").isdigit()]
-        used += [int(i) for i in self.git.candidate_ids(self.tag) if i.isdigit()]
-        return f"{max(used, default=-1) + 1:04d}"
+    def new_id(self) -> str:
+        if self._next_id is None:
+            used = [int(r["id"]) for r in self.results.rows() if r.get("id", "").isdigit()]
+            used += [int(i) for i in self.git.candidate_ids(self.tag) if i.isdigit()]
+            self._next_id = max(used, default=-1) + 1
+        self._next_id += 1
+        return f"{self._next_id - 1:04d}"
+
+    def _seed_base(self) -> int:
+        """Proposal seeds continue across resumed sessions: each session starts at its first
+        free id, which is past every proposal an earlier session made."""
+        if self._first_id is None:
+            self._first_id = int(self.new_id())
+            self._next_id = self._first_id  # peeked, not used
+        return self._first_id
 
     def job_id(self, exp_id: str) -> str:
         return f"{self.tag}-{exp_id}"
+
+    @property
+    def established(self) -> bool:
+        """The baseline scored: candidates can be judged."""
+        return self.best is not None
+
+    def sigma(self) -> float:
+        return noise.pooled_sigma(self.results.rows())[0]
+
+    def margin(self) -> float:
+        return noise.margin(self.sigma(), self.policy.z, self.policy.min_delta)
 
     # ----- the loop -----
     def run(self) -> dict[str, Any]:
@@ -116,124 +215,543 @@ class Research:
             rows=len(rows),
             fingerprint=self.fingerprint,
             budget=self.budget,
+            policy=self.policy.__dict__,
             results=str(self.results.path),
         )
         try:
             self.reconcile()
-            best = best_kept(self.results.rows())
-            if best is None:
-                self.best = self.run_baseline()
-            else:
-                self.best = float(best["val_bpb"])
-            done = 0
-            while not self._should_stop(done):
-                self.step()
-                done += 1
+            if not self.established and not any(
+                f.kind == "baseline" for f in self.flights.values()
+            ):
+                self.launch_frontier_runs(baseline=True)
+            while not self.done():
+                self.pump()
+                time.sleep(defaults.POLL_INTERVAL_S)
         except KeyboardInterrupt:
             self.stop_reason = "interrupted (Ctrl-C)"
-            self.log.warning("run.interrupted")
+            self.log.warning("run.interrupted", cancelled=sorted(self.flights))
+            self.cancel_all()
         return self.summary()
 
-    def _should_stop(self, done: int) -> bool:
+    def idle(self) -> bool:
+        """Nothing in flight, being made, waiting to run or waiting for a decision."""
+        return not (self.flights or self.proposing or self.ready or self.parked or self.confirming)
+
+    def step(self) -> None:
+        """One proposal through the whole machinery to its row (the sequential path)."""
+        self.propose()
+        while not self.idle():
+            self.pump(auto=False)
+            time.sleep(defaults.POLL_INTERVAL_S)
+
+    def pump(self, auto: bool = True) -> None:
+        """One turn of the loop; a Redis outage is waited out (the client retries too)."""
+        try:
+            self._pump(auto)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if self._redis_down_since is None:
+                self._redis_down_since = time.monotonic()
+                self.log.warning("redis.unreachable", error=str(exc), waiting=True)
+            down = time.monotonic() - self._redis_down_since
+            time.sleep(min(defaults.REDIS_BACKOFF_MAX_S, 0.5 + down / 4))
+            return
+        if self._redis_down_since is not None:
+            down = time.monotonic() - self._redis_down_since
+            self.log.info("redis.back", down_s=round(down, 1))
+            self._redis_down_since = None
+
+    def _pump(self, auto: bool) -> None:
+        now = time.monotonic()
+        if now - self._workers_at > defaults.WORKER_REFRESH_S:
+            self._refresh_workers()
+            self._workers_at = now
+        if now - self._swept_at > defaults.ABANDONED_SWEEP_S:
+            # A worker that died mid-job stops heartbeating; RQ's registry cleanup then
+            # fails the job as abandoned and, with a retry left, requeues it for another.
+            StartedJobRegistry(queue=self.queue).cleanup()
+            self._swept_at = now
+        self._collect_proposals()
+        self._poll()
+        if self.established and not self._noise_pending():
+            parked, self.parked = self.parked, []
+            for flight, result in parked:
+                self._decide_candidate(flight, result)
+        if self._stopping():
+            while self.ready:
+                item = self.ready.popleft()
+                self._record_not_run(item.proposal, item.parent)
+            return
+        self._dispatch()
+        if auto:
+            self._propose_ahead()
+
+    def _stopping(self) -> bool:
+        """A limit that ends the run early: no new work starts, what is in flight finishes."""
+        if self.stop_reason:
+            return True
         lim = self.limits
-        if lim.max_experiments is not None and done >= lim.max_experiments:
-            self.stop_reason = f"max experiments ({lim.max_experiments}) reached"
-        elif lim.max_hours is not None and time.monotonic() - self.started >= lim.max_hours * 3600:
+        if lim.max_hours is not None and time.monotonic() - self.started >= lim.max_hours * 3600:
             self.stop_reason = f"max hours ({lim.max_hours}) reached"
         elif lim.max_cost_usd is not None and self.spent_usd() >= lim.max_cost_usd:
             self.stop_reason = f"max LLM spend (${lim.max_cost_usd:.2f}) reached"
+        if self.stop_reason:
+            self.log.info("run.stopping", reason=self.stop_reason, in_flight=sorted(self.flights))
         return bool(self.stop_reason)
 
+    def done(self) -> bool:
+        """Stopping and idle, or every allowed proposal made and all it led to (confirmation
+        runs, re-applied changes) decided."""
+        if self._stopping():
+            return self.idle()
+        limit = self.limits.max_experiments
+        if limit is not None and self.proposed >= limit and self.idle():
+            self.stop_reason = f"max experiments ({limit}) reached"
+            return True
+        return False
+
     def spent_usd(self) -> float:
-        return sum(float(r.get("cost_usd") or 0) for r in self.results.rows())
+        """LLM spend: recorded rows plus proposals made but not recorded yet."""
+        recorded = sum(float(r.get("cost_usd") or 0) for r in self.results.rows())
+        pending = [f.proposal for f in self.flights.values()] + [r.proposal for r in self.ready]
+        pending += [f.proposal for f, _ in self.parked + list(self.confirming.values())]
+        return recorded + sum(float(p.usage.get("cost_usd") or 0) for p in pending)
+
+    # ----- workers and capacity -----
+    def _refresh_workers(self) -> None:
+        names = sorted(w.name for w in Worker.all(queue=self.queue))
+        if names != self.workers:
+            self.log.info(
+                "workers",
+                count=len(names),
+                joined=sorted(set(names) - set(self.workers)),
+                left=sorted(set(self.workers) - set(names)),
+            )
+        self.workers = names
+        if not names and self.flights and not self._warned_no_worker:
+            self._warned_no_worker = True
+            self.log.warning("no_worker", hint="start one: autoresearch worker --redis-url ...")
+        # A confirmation waiting in the queue of a worker that left goes to the shared queue.
+        for flight in list(self.flights.values()):
+            if (
+                flight.queue != contract.QUEUE_NAME
+                and flight.queue.split(".worker.", 1)[-1] not in names
+                and flight.job.get_status(refresh=True) == JobStatus.QUEUED
+            ):
+                self.log.warning("requeue", id=flight.id, why=f"{flight.queue} has no worker")
+                flight.job.cancel()
+                flight.job.delete()
+                self.flights[flight.id] = self._enqueue(
+                    flight.id,
+                    flight.kind,
+                    flight.spec,
+                    flight.proposal,
+                    of=flight.of,
+                    at_front=True,
+                )
+
+    def capacity(self) -> int:
+        """Jobs to keep queued or running: one per live worker plus the look-ahead."""
+        if self.policy.sequential:
+            return 1
+        cap = max(1, len(self.workers)) + self.policy.lookahead
+        return min(cap, self.policy.max_in_flight or cap)
+
+    # ----- proposals -----
+    def _request(self, combine: str = "") -> ProposalRequest:
+        return ProposalRequest(
+            source=self.git.read(self.frontier),
+            results_tail=self.results.tail_text(defaults.RESULTS_TAIL_ROWS),
+            failure_tail=self.failure_tail,
+            seed=self.seed * 1_000_003 + self._seed_base() + self.proposed,
+            combine=combine,
+        )
+
+    def propose(self, combine: str = "") -> None:
+        """Start one proposal on a thread; the loop collects it when it is made."""
+        request, parent = self._request(combine), self.frontier
+        self.proposed += 1
+        self.proposing += 1
+        self._next_proposal_at = time.monotonic() + (
+            60.0 / self.policy.llm_rate_per_min if self.policy.llm_rate_per_min else 0.0
+        )
+
+        def make() -> None:
+            started = time.monotonic()
+            try:
+                proposal = self.proposer.propose(request)
+            except Exception as exc:  # noqa: BLE001 - a proposer bug is a rejected row
+                proposal = Proposal(
+                    "",
+                    "proposer failed",
+                    self.proposer.name,
+                    rejected=f"proposer raised {type(exc).__name__}: {exc}",
+                )
+            self.made.put((proposal, parent, time.monotonic() - started))
+
+        threading.Thread(target=make, name="propose", daemon=True).start()
+
+    def _propose_ahead(self) -> None:
+        """Keep enough proposals coming that no worker waits for one: fill the free slots,
+        plus what the running jobs will free during one proposal's latency."""
+        if self.policy.sequential:
+            want = 0 if self.flights or self.ready or self.parked or self.confirming else 1
+        else:
+            free = self.capacity() - len(self.flights) - len(self.ready)
+            ahead = 0
+            if self._llm_latency:
+                ahead = math.ceil(len(self.flights) * self._llm_latency / self._job_seconds)
+            want = free + ahead
+        limit = self.limits.max_experiments
+        while (
+            self.proposing < min(want, self.policy.llm_concurrency)
+            and (limit is None or self.proposed < limit)
+            and time.monotonic() >= self._next_proposal_at
+        ):
+            self.propose()
+
+    def _collect_proposals(self) -> None:
+        while True:
+            try:
+                proposal, parent, seconds = self.made.get_nowait()
+            except queuelib.Empty:
+                return
+            self.proposing -= 1
+            a = 0.3
+            self._llm_latency = (
+                seconds if self._llm_latency is None else a * seconds + (1 - a) * self._llm_latency
+            )
+            self.log.info(
+                "proposal",
+                proposer=proposal.proposer,
+                description=proposal.description,
+                rejected=proposal.rejected,
+                usage=proposal.usage,
+                seconds=round(seconds, 3),
+            )
+            if proposal.rejected is None:
+                try:
+                    validate_candidate(proposal.source)
+                except CandidateRejected as exc:
+                    proposal.rejected = str(exc)
+            if proposal.rejected is not None:
+                self._record_rejected(proposal, parent)
+            else:
+                self.ready.append(Ready(proposal, parent))
+
+    def _record_rejected(self, proposal: Proposal, parent: str) -> None:
+        exp_id = self.new_id()
+        result = contract.make_result({"id": exp_id}, "crash", error=proposal.rejected)
+        self.record(exp_id, "", parent, proposal.description, result, "rejected", proposal)
+
+    def _record_not_run(self, proposal: Proposal, parent: str) -> None:
+        proposal.rejected = f"not run: {self.stop_reason or 'the run stopped'}"
+        self._record_rejected(proposal, parent)
 
     def duplicate_of(self, parent: str, source_hash: str) -> str | None:
-        """The id of an experiment that already ran the same normalised source on parent."""
+        """The id of an experiment that already ran the same normalised source on parent,
+        or is running it now."""
         for row in self.results.rows():
             if row.get("source_hash") == source_hash and row["parent"] == parent[:7]:
                 if row["status"] != "rejected":
                     return row["id"]
+        for flight in self.flights.values():
+            if flight.spec["parent"] == parent and flight.kind == "candidate":
+                if flight.source_hash == source_hash:
+                    return flight.id
         return None
 
-    def run_baseline(self) -> float:
-        """Score the unmodified train.py; a second try absorbs a one-off hiccup of the host."""
-        source = self.git.read(self.frontier)
-        for _ in range(defaults.BASELINE_ATTEMPTS):
-            exp_id = self.next_id()
-            self.log.info("baseline.start", id=exp_id, commit=self.frontier[:12])
-            self.git.pin(self.tag, exp_id, self.frontier)
-            proposal = Proposal(source, "baseline", "baseline")
-            result = self.execute(exp_id, self.frontier, self.frontier, proposal)
-            decision = self.decide(result, self.frontier, self.frontier)
-            self.record(
-                exp_id, self.frontier, self.frontier, "baseline", result, decision, proposal
+    # ----- dispatch -----
+    def _dispatch(self) -> None:
+        while self.ready and len(self.flights) < self.capacity():
+            item = self.ready.popleft()
+            proposal, parent = item.proposal, item.parent
+            if parent != self.frontier:
+                # Written against an older frontier: carry its change over if it applies.
+                merged = self.git.merge3(
+                    self.git.read(parent), self.git.read(self.frontier), proposal.source
+                )
+                if merged is not None:
+                    proposal.source, parent = merged, self.frontier
+            source_hash = normalized_hash(proposal.source)
+            twin = self.duplicate_of(parent, source_hash)
+            if twin is not None:
+                proposal.rejected = (
+                    f"duplicate of {twin}: the same normalised source on the same parent"
+                )
+                self._record_rejected(proposal, parent)
+                continue
+            exp_id = self.new_id()
+            commit = self.git.commit_candidate(
+                self.tag, exp_id, parent, proposal.source, f"{exp_id}: {proposal.description}"
             )
-            if decision == "keep":
-                return float(result["val_bpb"])
-        raise BaselineFailed(f"baseline {result['status']}: {result['error']}")
+            spec = self._spec(exp_id, commit, parent, proposal, self.seed)
+            self.flights[exp_id] = self._enqueue(exp_id, "candidate", spec, proposal)
 
-    def step(self) -> None:
-        exp_id = self.next_id()
-        source = self.git.read(self.frontier)
-        request = ProposalRequest(
-            source=source,
-            results_tail=self.results.tail_text(defaults.RESULTS_TAIL_ROWS),
-            failure_tail=self.failure_tail,
-            seed=self.seed * 1_000_003 + int(exp_id),
-        )
-        proposal = self.proposer.propose(request)
-        self.log.info(
-            "proposal",
+    def _spec(self, exp_id: str, commit: str, parent: str, proposal: Proposal, seed: int) -> dict:
+        return contract.make_spec(
             id=exp_id,
-            proposer=proposal.proposer,
+            tag=self.tag,
+            parent=parent,
+            commit=commit,
+            source=proposal.source,
+            profile=self.profile.name,
+            fingerprint=self.fingerprint,
+            budget=self.budget,
+            seed=seed,
             description=proposal.description,
-            rejected=proposal.rejected,
-            usage=proposal.usage,
         )
-        source_hash = ""
-        if proposal.rejected is None:
-            try:
-                validate_candidate(proposal.source)
-                source_hash = normalized_hash(proposal.source)
-            except CandidateRejected as exc:
-                proposal.rejected = str(exc)
-        if proposal.rejected is None and (twin := self.duplicate_of(self.frontier, source_hash)):
-            proposal.rejected = (
-                f"duplicate of {twin}: the same normalised source on the same parent"
-            )
-        if proposal.rejected is not None:
-            result = contract.make_result({"id": exp_id}, "crash", error=proposal.rejected)
-            self.record(
-                exp_id, "", self.frontier, proposal.description, result, "rejected", proposal
-            )
-            return
-        commit = self.git.commit_candidate(
-            self.tag, exp_id, self.frontier, proposal.source, f"{exp_id}: {proposal.description}"
-        )
-        result = self.execute(exp_id, commit, self.frontier, proposal)
-        decision = self.decide(result, commit, self.frontier)
-        self.record(exp_id, commit, self.frontier, proposal.description, result, decision, proposal)
 
-    def decide(self, result: dict, commit: str, parent: str) -> str:
-        """A baseline (commit == parent) is kept when it scores; a candidate when it was built
-        on the frontier and beats the best by more than the margin."""
-        if commit == parent:
-            return "keep" if result["status"] == "ok" else result["status"]
+    def _enqueue(
+        self,
+        exp_id: str,
+        kind: str,
+        spec: dict,
+        proposal: Proposal,
+        *,
+        of: str = "",
+        queue: str = contract.QUEUE_NAME,
+        at_front: bool = False,
+    ) -> Flight:
+        timeout = (
+            int(self.budget["train_wall_s"] + self.budget["eval_wall_s"])
+            + defaults.JOB_TIMEOUT_MARGIN_S
+        )
+        q = (
+            self.queue
+            if queue == contract.QUEUE_NAME
+            else Queue(queue, connection=self.redis, serializer=JSONSerializer)
+        )
+        job = q.enqueue_call(
+            contract.JOB_FUNC,
+            args=(spec,),
+            job_id=self.job_id(exp_id),
+            timeout=timeout,
+            result_ttl=defaults.RESULT_TTL_S,
+            failure_ttl=defaults.RESULT_TTL_S,
+            retry=Retry(max=defaults.INFRA_RETRIES),
+            description=f"{self.tag}/{exp_id} {spec['description']}",
+            at_front=at_front,
+            # What a restarted orchestrator needs to record the result without us.
+            meta={"proposer": proposal.proposer, "usage": proposal.usage, "kind": kind, "of": of},
+        )
+        self.log.info(
+            "enqueued",
+            id=exp_id,
+            kind=kind,
+            commit=spec["commit"][:12],
+            queue=queue,
+            description=spec["description"],
+        )
+        return Flight(exp_id, kind, job, spec, proposal, queue, of)
+
+    def launch_frontier_runs(self, baseline: bool = False) -> None:
+        """Runs of the frontier: the baseline and its noise runs at the start, or more noise
+        runs later, up to noise_runs measurements of the frontier in all."""
+        source = self.git.read(self.frontier)
+        have = 0 if baseline else len(noise.measurements(self.results.rows(), self.frontier))
+        runs = max(self.policy.noise_runs, 1) - have
+        for k in range(runs):
+            kind = "baseline" if baseline and k == 0 else "noise"
+            exp_id = self.new_id()
+            seed = self.seed + have + k
+            desc = (
+                "baseline"
+                if kind == "baseline"
+                else (
+                    f"noise {have + k + 1}/{self.policy.noise_runs} of {self.frontier[:7]} (seed {seed})"
+                )
+            )
+            self.git.pin(self.tag, exp_id, self.frontier)
+            proposal = Proposal(source, desc, kind)
+            spec = self._spec(exp_id, self.frontier, self.frontier, proposal, seed)
+            self.flights[exp_id] = self._enqueue(exp_id, kind, spec, proposal)
+
+    # ----- results -----
+    def _poll(self) -> None:
+        for flight in list(self.flights.values()):
+            result = self._finished(flight)
+            if result is None:
+                continue
+            del self.flights[flight.id]
+            if result.get("total_s"):
+                self._job_seconds = 0.7 * self._job_seconds + 0.3 * float(result["total_s"])
+            self._handle(flight, result)
+
+    def _finished(self, flight: Flight) -> dict | None:
+        """The result of a job that ended (an infra_error result for a failed one), else None."""
+        job = flight.job
+        status = job.get_status(refresh=True)
+        if status == JobStatus.FINISHED:
+            return job.return_value(refresh=True)
+        if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+            job.refresh()
+            error = (job.exc_info or f"job {status.value}").strip().splitlines()[-1]
+            return contract.make_result(flight.spec, "infra_error", error=error[:500])
+        return None
+
+    def _handle(self, flight: Flight, result: dict) -> None:
+        spec = flight.spec
+        if flight.kind == "baseline":
+            if result["status"] == "ok":
+                self._record_flight(flight, result, "keep")
+                self.best = noise.commit_value(self.results.rows(), self.frontier)
+            else:
+                self._record_flight(flight, result, result["status"])
+                self.baseline_failures += 1
+                if self.baseline_failures >= defaults.BASELINE_ATTEMPTS:
+                    self.cancel_all()
+                    raise BaselineFailed(f"baseline {result['status']}: {result['error']}")
+                # A second try absorbs a one-off hiccup of the host.
+                exp_id = self.new_id()
+                self.git.pin(self.tag, exp_id, self.frontier)
+                retry_spec = {**spec, "id": exp_id}
+                self.flights[exp_id] = self._enqueue(
+                    exp_id, "baseline", retry_spec, flight.proposal
+                )
+        elif flight.kind == "noise":
+            status = "noise" if result["status"] == "ok" else result["status"]
+            self._record_flight(flight, result, status)
+            if self.established and spec["commit"] == self.frontier:
+                self.best = noise.commit_value(self.results.rows(), self.frontier)
+        elif flight.kind == "confirm":
+            self._decide_confirmed(flight, result)
+        elif not self.established or self._noise_pending():
+            self.parked.append((flight, result))  # judged once the noise floor is known
+        else:
+            self._decide_candidate(flight, result)
+
+    def _noise_pending(self) -> bool:
+        return any(f.kind in ("baseline", "noise") for f in self.flights.values())
+
+    def _decide_candidate(self, flight: Flight, result: dict) -> None:
         if result["status"] != "ok":
             self.failure_tail = result["log_tail"][-4000:]
-            return result["status"]
-        if self.best is None:
-            return "discard"
-        improved = result["val_bpb"] < self.best - self.min_delta
-        return "keep" if improved and parent == self.frontier else "discard"
+            self._record_flight(flight, result, result["status"])
+            return
+        parent, value = flight.spec["parent"], float(result["val_bpb"])
+        if parent != self.frontier:
+            self._stale(flight, result, value)
+            return
+        assert self.best is not None
+        gain, margin = self.best - value, self.margin()
+        if gain <= margin:
+            note = f"gain {gain:+.6f} not above the margin {margin:.6f}"
+            self._record_flight(flight, result, "discard", note)
+        elif self.policy.confirm:
+            self._launch_confirm(flight, result)
+        else:
+            self._keep(flight, result)
+
+    def _launch_confirm(self, flight: Flight, result: dict) -> None:
+        """Re-run a would-be keep with another seed, on another worker when there is one."""
+        self.confirming[flight.id] = (flight, result)
+        if any(f.kind == "confirm" and f.of == flight.id for f in self.flights.values()):
+            return  # a restarted orchestrator found its confirmation already in flight
+        others = [w for w in self.workers if w != result.get("worker")]
+        queue = contract.QUEUE_NAME
+        if others:  # an idle one if any, else the first: it takes it after its current job
+            idle = {w.name for w in Worker.all(queue=self.queue) if w.get_state() == "idle"}
+            queue = contract.worker_queue(next((w for w in others if w in idle), others[0]))
+        exp_id = self.new_id()
+        self.git.pin(self.tag, exp_id, flight.spec["commit"])
+        proposal = Proposal(
+            flight.spec["source"], f"confirm {flight.id}: {flight.spec['description']}", "confirm"
+        )
+        spec = self._spec(
+            exp_id, flight.spec["commit"], flight.spec["parent"], proposal, self.seed + 1
+        )
+        self.flights[exp_id] = self._enqueue(
+            exp_id, "confirm", spec, proposal, of=flight.id, queue=queue, at_front=True
+        )
+
+    def _decide_confirmed(self, confirm: Flight, result: dict) -> None:
+        held = self.confirming.pop(confirm.of, None)
+        if held is None:  # its candidate was recorded already (should not happen): keep the row
+            self._record_flight(
+                confirm, result, "confirm" if result["status"] == "ok" else result["status"]
+            )
+            return
+        flight, first = held
+        if result["status"] != "ok":
+            self._record_flight(
+                flight, first, "discard", f"confirmation {confirm.id} {result['status']}"
+            )
+            self._record_flight(confirm, result, result["status"])
+            return
+        values = [float(first["val_bpb"]), float(result["val_bpb"])]
+        mean = sum(values) / 2
+        if flight.spec["parent"] != self.frontier:
+            # Another candidate was kept while this one was confirmed.
+            self._stale(flight, first, mean)
+            self._record_flight(confirm, result, "confirm")
+            return
+        assert self.best is not None
+        gain, margin = self.best - mean, self.margin()
+        if gain > margin:
+            self._keep(flight, first, confirm=(confirm, result))
+        else:
+            note = f"not confirmed: re-run {values[1]:.6f}, mean gain {gain:+.6f} <= {margin:.6f}"
+            self._record_flight(flight, first, "discard", note)
+            self._record_flight(confirm, result, "confirm")
+
+    def _keep(
+        self, flight: Flight, result: dict, confirm: tuple[Flight, dict] | None = None
+    ) -> None:
+        self._record_flight(flight, result, "keep")
+        if confirm is not None:
+            self._record_flight(*confirm, "confirm")
+        self.best = noise.commit_value(self.results.rows(), self.frontier)
+        self.keeps_since_noise += 1
+        if self.keeps_since_noise >= self.policy.noise_every:
+            self.keeps_since_noise = 0
+            self.launch_frontier_runs()
+
+    def _stale(self, flight: Flight, result: dict, value: float) -> None:
+        """A candidate built on an older frontier: re-applied on the new one when it beat
+        its own parent, else discarded."""
+        parent = flight.spec["parent"]
+        parent_value = noise.commit_value(self.results.rows(), parent)
+        margin = self.margin()
+        gain = (parent_value - value) if parent_value is not None else 0.0
+        if gain <= margin:
+            note = f"built on {parent[:7]}, gain {gain:+.6f} over it not above {margin:.6f}"
+            self._record_flight(flight, result, "discard", note)
+            return
+        base, ours = self.git.read(parent), self.git.read(self.frontier)
+        merged = self.git.merge3(base, ours, flight.spec["source"])
+        won = f"gain {gain:+.6f} over its parent {parent[:7]}"
+        if self._stopping():
+            self._record_flight(flight, result, "stale", f"{won}; not re-applied: the run stops")
+        elif merged is not None:
+            desc = f"{flight.spec['description']} (re-applied {flight.id} on {self.frontier[:7]})"
+            self.ready.appendleft(Ready(Proposal(merged, desc, "reapply"), self.frontier))
+            self._record_flight(
+                flight, result, "reapplied", f"{won}; re-applied on {self.frontier[:7]}"
+            )
+        elif self.proposer.name == "llm":
+            diff = self.git.diff(parent, flight.spec["commit"])
+            self.propose(combine=f"{flight.spec['description']}\n{diff}")
+            self._record_flight(
+                flight,
+                result,
+                "reapplied",
+                f"{won}; conflicts with {self.frontier[:7]}: the LLM combines them",
+            )
+        else:
+            self._record_flight(
+                flight,
+                result,
+                "stale",
+                f"{won}; conflicts with {self.frontier[:7]} (no LLM to combine)",
+            )
 
     def reconcile(self) -> None:
-        """Record what a killed orchestrator left in flight: every pinned candidate without a
-        row whose job RQ still knows is awaited and recorded once. One whose job is gone
-        (a private Redis died with the run) never finished: it is logged, not recorded."""
+        """Adopt what a killed orchestrator left in flight: every pinned experiment without a
+        row whose job RQ still knows is awaited (or taken as finished) and recorded once.
+        One whose job is gone (a private Redis died with the run) is logged, not recorded."""
         rows = self.results.rows()
         kept = best_kept(rows)
-        self.best = float(kept["val_bpb"]) if kept else None
+        self.best = noise.commit_value(rows, kept["commit"]) if kept else None
         recorded = {r["id"] for r in rows}
         for exp_id in sorted(set(self.git.candidate_ids(self.tag)) - recorded):
             try:
@@ -243,89 +761,39 @@ class Research:
             except NoSuchJobError:
                 self.log.warning("reconcile.lost", id=exp_id, why="its job is not in Redis")
                 continue
-            spec = job.args[0]
-            meta = job.meta or {}
-            self.log.info("reconcile.await", id=exp_id, status=job.get_status(refresh=True).value)
-            result = self.await_job(job, spec)
+            spec, meta = job.args[0], job.meta or {}
+            kind = meta.get("kind") or (
+                "baseline" if spec["commit"] == spec["parent"] else "candidate"
+            )
             proposal = Proposal(
                 spec["source"],
                 spec["description"],
                 meta.get("proposer", "?"),
                 meta.get("usage") or {},
             )
-            decision = self.decide(result, spec["commit"], spec["parent"])
-            self.record(
-                exp_id,
-                spec["commit"],
-                spec["parent"],
-                spec["description"],
-                result,
-                decision,
-                proposal,
+            self.flights[exp_id] = Flight(
+                exp_id, kind, job, spec, proposal, job.origin, meta.get("of", "")
             )
+            self.log.info(
+                "reconcile.adopt", id=exp_id, kind=kind, status=job.get_status(refresh=True).value
+            )
+        # Candidates first, so a confirmation finds the candidate it confirms held.
+        order = {"candidate": 0, "baseline": 1, "noise": 1, "confirm": 2}
+        for flight in sorted(self.flights.values(), key=lambda f: (order[f.kind], f.id)):
+            result = self._finished(flight)
+            if result is not None:
+                del self.flights[flight.id]
+                if flight.kind == "candidate" and any(
+                    f.kind == "confirm" and f.of == flight.id for f in self.flights.values()
+                ):
+                    self.confirming[flight.id] = (flight, result)
+                else:
+                    self._handle(flight, result)
 
-    # ----- one experiment on a worker -----
-    def execute(self, exp_id: str, commit: str, parent: str, proposal: Proposal) -> dict:
-        source, description = proposal.source, proposal.description
-        spec = contract.make_spec(
-            id=exp_id,
-            tag=self.tag,
-            parent=parent,
-            commit=commit,
-            source=source,
-            profile=self.profile.name,
-            fingerprint=self.fingerprint,
-            budget=self.budget,
-            seed=self.seed,
-            description=description,
-        )
-        timeout = (
-            int(self.budget["train_wall_s"] + self.budget["eval_wall_s"])
-            + defaults.JOB_TIMEOUT_MARGIN_S
-        )
-        job = self.queue.enqueue_call(
-            contract.JOB_FUNC,
-            args=(spec,),
-            job_id=self.job_id(exp_id),
-            timeout=timeout,
-            result_ttl=defaults.RESULT_TTL_S,
-            failure_ttl=defaults.RESULT_TTL_S,
-            retry=Retry(max=defaults.INFRA_RETRIES),
-            description=f"{self.tag}/{exp_id} {description}",
-            # What a restarted orchestrator needs to record the result without us.
-            meta={"proposer": proposal.proposer, "usage": proposal.usage},
-        )
-        self.log.info("enqueued", id=exp_id, commit=commit[:12], description=description)
-        try:
-            return self.await_job(job, spec)
-        except KeyboardInterrupt:
-            self.cancel(job)
-            raise
-
-    def await_job(self, job: Job, spec: dict) -> dict:
-        started = time.monotonic()
-        swept = started
-        while True:
-            if time.monotonic() - swept > defaults.ABANDONED_SWEEP_S:
-                # A worker that died mid-job stops heartbeating; RQ's registry cleanup then
-                # fails the job as abandoned and, with a retry left, requeues it for another.
-                StartedJobRegistry(queue=self.queue).cleanup()
-                swept = time.monotonic()
-            status = job.get_status(refresh=True)
-            if status == JobStatus.FINISHED:
-                return job.return_value(refresh=True)
-            if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-                job.refresh()
-                error = (job.exc_info or f"job {status.value}").strip().splitlines()[-1]
-                return contract.make_result(spec, "infra_error", error=error[:500])
-            waited = time.monotonic() - started
-            if status == JobStatus.QUEUED and not self._warned_no_worker and waited > 10:
-                if not Worker.all(connection=self.redis):
-                    self._warned_no_worker = True
-                    self.log.warning(
-                        "no_worker", hint="start one: autoresearch worker --redis-url ..."
-                    )
-            time.sleep(defaults.POLL_INTERVAL_S)
+    def cancel_all(self) -> None:
+        for flight in list(self.flights.values()):
+            self.cancel(flight.job)
+        self.flights.clear()
 
     def cancel(self, job: Job) -> None:
         try:
@@ -336,7 +804,22 @@ class Research:
         except (InvalidJobOperation, NoSuchJobError, redis.RedisError) as exc:
             self.log.warning("cancel_failed", id=job.id, error=str(exc))
 
-    # ----- decide and record -----
+    # ----- record -----
+    def _record_flight(
+        self, flight: Flight, result: dict, decision: str, note: str | None = None
+    ) -> None:
+        spec = flight.spec
+        self.record(
+            flight.id,
+            spec["commit"],
+            spec["parent"],
+            spec["description"],
+            result,
+            decision,
+            flight.proposal,
+            note,
+        )
+
     def record(
         self,
         exp_id: str,
@@ -346,6 +829,7 @@ class Research:
         result: dict,
         decision: str,
         proposal: Proposal,
+        note: str | None = None,
     ) -> None:
         usage = proposal.usage or {}
         mem = result.get("peak_memory_mb")
@@ -367,7 +851,7 @@ class Research:
             "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens"),
             "cost_usd": usage.get("cost_usd"),
-            "error": result.get("error"),
+            "error": result.get("error") or note,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             # What ran, for near-duplicate checks (a rejected candidate did not run).
             "source_hash": normalized_hash(proposal.source) if decision != "rejected" else "",
@@ -382,11 +866,11 @@ class Research:
             if decision == "keep" and commit != parent:
                 self.git.advance(self.tag, commit, self.frontier)
                 self.frontier = commit
-            if decision == "keep":
-                self.best = result["val_bpb"]
             (folder / "decision.json").write_text(
                 json.dumps(
-                    {"decision": decision, "result": result, "usage": usage}, indent=2, default=str
+                    {"decision": decision, "note": note, "result": result, "usage": usage},
+                    indent=2,
+                    default=str,
                 )
             )
             self.results.append(row)
@@ -398,14 +882,16 @@ class Research:
             val_bpb=result.get("val_bpb"),
             best=self.best,
             error=result.get("error"),
+            note=note,
             description=description,
         )
 
     def summary(self) -> dict[str, Any]:
         rows = self.results.rows()
         kept = [r for r in rows if r["status"] == "keep"]
-        baseline = float(kept[0]["val_bpb"]) if kept else None
-        best = float(kept[-1]["val_bpb"]) if kept else None
+        baseline = noise.commit_value(rows, kept[0]["commit"]) if kept else None
+        best = noise.commit_value(rows, kept[-1]["commit"]) if kept else None
+        sigma, dof = noise.pooled_sigma(rows)
         spent = sum(float(r["total_s"] or 0) for r in self.session_rows)
         out = {
             "tag": self.tag,
@@ -413,6 +899,8 @@ class Research:
             "best_val_bpb": best,
             "baseline_val_bpb": baseline,
             "gain": None if best is None or baseline is None else baseline - best,
+            "noise_sigma": sigma if dof else None,
+            "margin": noise.margin(sigma, self.policy.z, self.policy.min_delta),
             "counts": counts(rows),
             "experiments_this_session": len(self.session_rows),
             "compute_seconds": round(spent, 1),

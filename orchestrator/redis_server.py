@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
 
 INSTALL_HINT = (
     "no redis-server found: install one (Debian/Ubuntu: apt-get install redis-server; "
@@ -21,18 +23,32 @@ INSTALL_HINT = (
 )
 
 
+# Reconnect attempts after a lost connection, backing off to at most the cap (about 60 s).
+RECONNECT_RETRIES = 20
+RECONNECT_BACKOFF_CAP_S = 5.0
+
+
 class RedisUnavailable(RuntimeError):
     """Redis cannot be reached or started; the message says which and where."""
 
 
 def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
-    """A client for url, checked with a PING so a wrong URL fails now, in one line."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, health_check_interval=30)
+    """A client for url, checked with a PING so a wrong URL fails now, in one line.
+
+    Afterwards a Redis restart (persistence on) is waited out command by command, for
+    about a minute, so the orchestrator and the workers carry on when it is back.
+    """
+    options = {"socket_connect_timeout": timeout_s, "health_check_interval": 30}
     try:
-        client.ping()
+        redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options).ping()
     except redis.RedisError as exc:
         raise RedisUnavailable(f"cannot reach Redis at {_safe(url)}: {exc}") from None
-    return client
+    return redis.Redis.from_url(
+        url,
+        retry=Retry(ExponentialBackoff(cap=RECONNECT_BACKOFF_CAP_S), RECONNECT_RETRIES),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        **options,
+    )
 
 
 def _safe(url: str) -> str:

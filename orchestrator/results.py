@@ -44,6 +44,10 @@ ROW_STATUSES = (
     "overtime",
     "rejected",
     "infra_error",
+    "noise",  # a run of the frontier with another seed, for the noise floor
+    "confirm",  # the re-run of a would-be keep (its candidate's row says keep or discard)
+    "reapplied",  # won on an older frontier; its change was queued again on the new one
+    "stale",  # won on an older frontier; its change conflicts with the new one
 )
 
 

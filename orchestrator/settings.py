@@ -21,7 +21,7 @@ from orchestrator import defaults
 from worker.settings import DEFAULT_RUNS_DIR, default_data_root
 
 TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-RUNNERS = ("process", "docker")
+RUNNERS = ("process", "docker", "simulate")
 
 
 def count_gpus() -> int:
@@ -59,6 +59,15 @@ class Settings:
     max_hours: float | None = None
     max_cost_usd: float | None = None
     min_delta: float = defaults.MIN_DELTA
+    noise_runs: int = defaults.NOISE_RUNS
+    noise_every: int = defaults.NOISE_EVERY_KEEPS
+    noise_z: float = defaults.NOISE_Z
+    confirm: bool = defaults.CONFIRM
+    lookahead: int = defaults.LOOKAHEAD
+    max_in_flight: int | None = None
+    llm_concurrency: int = defaults.LLM_CONCURRENCY
+    llm_rate_per_min: float | None = None
+    sequential: bool = False
     seed: int = 0
     local_workers: int | None = None
     runner: str = "process"
@@ -108,6 +117,15 @@ def _opt_float(v: str) -> float | None:
     return None if v == "" else _float(v)
 
 
+def _bool(v: str) -> bool:
+    low = v.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false (1/0, yes/no, on/off)")
+
+
 def parse_gpu(v: str) -> int | str | None:
     """A GPU index, or "auto"."""
     if v == "":
@@ -150,6 +168,15 @@ ENV: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "max_hours": (("AUTORESEARCH_MAX_HOURS",), _opt_float),
     "max_cost_usd": (("AUTORESEARCH_MAX_COST_USD",), _opt_float),
     "min_delta": (("AUTORESEARCH_MIN_DELTA",), _float),
+    "noise_runs": (("AUTORESEARCH_NOISE_RUNS",), _int),
+    "noise_every": (("AUTORESEARCH_NOISE_EVERY",), _int),
+    "noise_z": (("AUTORESEARCH_NOISE_Z",), _float),
+    "confirm": (("AUTORESEARCH_CONFIRM",), _bool),
+    "lookahead": (("AUTORESEARCH_LOOKAHEAD",), _int),
+    "max_in_flight": (("AUTORESEARCH_MAX_IN_FLIGHT",), _opt_int),
+    "llm_concurrency": (("AUTORESEARCH_LLM_CONCURRENCY",), _int),
+    "llm_rate_per_min": (("AUTORESEARCH_LLM_RATE_PER_MIN",), _opt_float),
+    "sequential": (("AUTORESEARCH_SEQUENTIAL",), _bool),
     "seed": (("AUTORESEARCH_SEED",), _int),
     "local_workers": (("AUTORESEARCH_LOCAL_WORKERS",), _opt_int),
     "runner": (("AUTORESEARCH_RUNNER",), _choice(*RUNNERS)),
@@ -220,6 +247,16 @@ def check(s: Settings) -> None:
             raise bad(name, "must be positive")
     if not s.min_delta >= 0:
         raise bad("min_delta", "must be 0 or more")
+    if not s.noise_z >= 0:
+        raise bad("noise_z", "must be 0 or more")
+    for name in ("noise_runs", "noise_every", "llm_concurrency", "max_in_flight"):
+        value = getattr(s, name)
+        if value is not None and value < 1:
+            raise bad(name, "must be 1 or more")
+    if s.lookahead < 0:
+        raise bad("lookahead", "must be 0 or more")
+    if s.llm_rate_per_min is not None and not s.llm_rate_per_min > 0:
+        raise bad("llm_rate_per_min", "must be positive")
     if not 0 <= s.llm_temperature <= 2:
         raise bad("llm_temperature", "must be between 0 and 2")
     if not (s.llm_price_in >= 0 and s.llm_price_out >= 0):

@@ -16,7 +16,7 @@ from harness.manifest import load_manifest
 from harness.profiles import get_profile
 from orchestrator.gitstore import GitStore
 from orchestrator.local_workers import LocalWorkers
-from orchestrator.loop import Research, budget_for
+from orchestrator.loop import Policy, Research, budget_for
 from orchestrator.proposers.llm import LLMProposer
 from orchestrator.results import ResultsFile
 from tests.conftest import clean_env, git, processes_under
@@ -24,7 +24,9 @@ from tests.llm_server import ScriptedLLMServer
 from worker import contract
 from worker.settings import WorkerSettings
 
-FAST = ["--train-wall", "6", "--eval-wall", "20"]
+# One baseline run and no confirmation re-runs: these tests are about the loop's trail,
+# not the noise rule (tests/test_scheduling.py covers that, on simulated workers).
+FAST = ["--train-wall", "6", "--eval-wall", "20", "--noise-runs", "1", "--no-confirm"]
 
 
 def cli(
@@ -138,6 +140,7 @@ def research(repo, data_dir, redis_client, tmp_path):
             fingerprint=load_manifest(data_dir)["fingerprint"],
             budget=budget_for(profile, 6.0, 20.0),
             runs_dir=tmp_path / "runs",
+            policy=Policy(noise_runs=1, confirm=False),
         )
         r.frontier, _ = r.git.start_branch("t")
         return r

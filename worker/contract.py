@@ -11,6 +11,14 @@ from typing import Any
 SPEC_VERSION = 1
 RESULT_VERSION = 1
 QUEUE_NAME = "autoresearch"
+
+
+def worker_queue(worker_name: str) -> str:
+    """The queue only one worker serves (before the shared one): where a confirmation run
+    goes so that another worker than the candidate's repeats it."""
+    return f"{QUEUE_NAME}.worker.{worker_name}"
+
+
 JOB_FUNC = "worker.jobs.run_experiment"
 
 # Candidate outcomes; a failing candidate is data. `infra_error` is only ever a raised

@@ -31,6 +31,10 @@ def make_runner(settings: WorkerSettings) -> Runner:
         from worker import docker_runner
 
         return docker_runner.from_env(settings.data_dir, limits, settings.gpu)
+    if settings.runner == "simulate":
+        from worker.simulate import SimulatedRunner
+
+        return SimulatedRunner(settings.data_dir, limits, settings.gpu)
     raise InfraError(f"unknown runner {settings.runner!r}")
 
 

@@ -12,6 +12,9 @@ class ProposalRequest:
     results_tail: str  # recent results.tsv rows (header + rows) as text, "" if none
     failure_tail: str  # the last failed experiment's log tail, "" if none
     seed: int  # per-proposal seed
+    # A change that won on an older train.py and conflicts with the current one: its
+    # description and diff, for the LLM to combine with the current best ("" if none).
+    combine: str = ""
 
 
 @dataclass

@@ -146,6 +146,12 @@ def build_user_message(request: ProposalRequest) -> str:
         parts.append("No experiments have finished yet.")
     if request.failure_tail.strip():
         parts += ["The last failed experiment's log tail:", _fenced(request.failure_tail)]
+    if request.combine.strip():
+        parts += [
+            "This change lowered val_bpb on an older train.py but does not apply to the "
+            "current one. Combine it with the current best train.py:",
+            _fenced(request.combine, "diff"),
+        ]
     parts.append(INSTRUCTION)
     return "\n\n".join(parts)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import random
+import threading
 from dataclasses import dataclass
 
 from orchestrator.proposers.base import Proposal, ProposalRequest
@@ -98,6 +99,7 @@ class MutateProposer:
     def __init__(self, profile: str = "cpu"):
         self.profile = profile
         self.seen: set[str] = set()
+        self._lock = threading.Lock()  # proposals are made on several threads at once
 
     def propose(self, request: ProposalRequest) -> Proposal:
         rng = random.Random(request.seed)
@@ -112,9 +114,10 @@ class MutateProposer:
             changes = {c: perturb(c.value, rng) for c in picks}
             changes = {c: v for c, v in changes.items() if v != c.value}
             candidate = rewrite(request.source, changes) if changes else request.source
-            if candidate == request.source or candidate in self.seen:
-                continue
-            self.seen.add(candidate)
+            with self._lock:
+                if candidate == request.source or candidate in self.seen:
+                    continue
+                self.seen.add(candidate)
             desc = ", ".join(
                 f"{c.name} {_format(c.value)} -> {_format(v)}" for c, v in changes.items()
             )

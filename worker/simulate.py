@@ -1,0 +1,74 @@
+"""A runner that stands in for training: it holds the worker for the budget, no compute.
+
+For benchmarks and dry runs of the scheduler (`--runner simulate`): every other part, RQ,
+the worker, the orchestrator, git and results.tsv, is the real one. The score is made up,
+from the candidate's text, so the same source always scores the same before the noise:
+
+- `SIM_VAL_BPB = 0.95` in the source sets its true score (default: 1.0 plus a fixed
+  offset in [-0.012, +0.008] drawn from the source's hash, so most changes lose), and
+  each `SIM_DELTA_<name> = -0.01` line adds to it (changes that merge, for tests);
+- `SIM_NOISE = 0.002` sets the standard deviation of the per-seed noise (default 0.002);
+- `SIM_HOLD_S = 3` sets how long it holds the worker (default: the budget's train wall).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from worker.runner import Emit, PhaseOutcome, Runner
+
+DEFAULT_NOISE = 0.002
+
+
+def _constant(source: str, name: str) -> float | None:
+    match = re.search(rf"^{name}\s*=\s*([0-9.eE+-]+)", source, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def true_score(source: str) -> float:
+    """The score a candidate would get without noise."""
+    value = _constant(source, "SIM_VAL_BPB")
+    if value is None:
+        digest = int.from_bytes(hashlib.sha256(source.encode()).digest()[:8], "big")
+        value = 1.0 + 0.02 * (digest / 2**64 - 0.6)
+    deltas = re.findall(r"^SIM_DELTA_\w+\s*=\s*([0-9.eE+-]+)", source, re.MULTILINE)
+    return value + sum(float(d) for d in deltas)
+
+
+def score(source: str, seed: int) -> float:
+    """The measured score: the true one plus seeded noise; the same source and seed always
+    measure the same (tests rely on it)."""
+    noise = _constant(source, "SIM_NOISE")
+    rng = random.Random(f"{seed}:{hashlib.sha256(source.encode()).hexdigest()}")
+    return true_score(source) + rng.gauss(0.0, DEFAULT_NOISE if noise is None else noise)
+
+
+class SimulatedRunner(Runner):
+    name = "simulate"
+
+    def run_phase(
+        self, phase: str, argv: list[str], workdir: Path, wall_s: float, emit: Emit
+    ) -> PhaseOutcome:
+        raise NotImplementedError("the simulated runner has no phases")
+
+    def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
+        source = spec["source"]
+        hold = _constant(source, "SIM_HOLD_S")
+        hold = spec["budget"]["train_wall_s"] if hold is None else hold
+        started = time.time()
+        emit("train", f"simulated training: holding the worker {hold:.2f}s")
+        time.sleep(hold)
+        value = score(source, spec["seed"])
+        emit("eval", f"val_bpb: {value:.6f}")
+        return {
+            "status": "ok",
+            "val_bpb": value,
+            "training_s": hold,
+            "total_s": time.time() - started,
+            "log_tail": f"val_bpb: {value:.6f}",
+        }
