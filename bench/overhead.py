@@ -31,7 +31,7 @@ from harness.profiles import get_profile  # noqa: E402
 from orchestrator import logs  # noqa: E402
 from orchestrator.gitstore import GitStore  # noqa: E402
 from orchestrator.local_workers import LocalWorkers  # noqa: E402
-from orchestrator.loop import Limits, Research, budget_for  # noqa: E402
+from orchestrator.loop import Limits, Policy, Research, budget_for  # noqa: E402
 from orchestrator.proposers.mutate import MutateProposer  # noqa: E402
 from orchestrator.redis_server import PrivateRedis, connect  # noqa: E402
 from worker.settings import WorkerSettings, default_data_root  # noqa: E402
@@ -86,6 +86,8 @@ def main() -> int:
                     budget=budget_for(profile, args.train_wall, None),
                     runs_dir=runs,
                     limits=Limits(max_experiments=args.experiments - 1),
+                    # One experiment at a time: the overhead of each, not of the schedule.
+                    policy=Policy(sequential=True, noise_runs=1, confirm=False),
                 )
                 research.run()
             finally:

@@ -393,6 +393,7 @@ def _print_summary(summary: dict, git: Any) -> None:
         f"best val_bpb:      {fmt(summary['best_val_bpb'])}",
         f"baseline val_bpb:  {fmt(summary['baseline_val_bpb'])}",
         f"gain:              {fmt(summary['gain'])}",
+        f"noise sigma:       {fmt(summary['noise_sigma'])}  (margin {fmt(summary['margin'])})",
         "counts:            " + ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items())),
         f"{summary['compute_kind']} seconds used:  {summary['compute_seconds']} "
         f"({summary['experiments_this_session']} experiments, wall {summary['wall_seconds']}s)",

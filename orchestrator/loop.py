@@ -169,6 +169,7 @@ class Research:
         self._llm_latency: float | None = None  # moving average, seconds
         self._job_seconds = float(self.budget["train_wall_s"] + self.budget["eval_wall_s"])
         self._warned_no_worker = False
+        self._no_worker_since: float | None = None
         self._redis_down_since: float | None = None
 
     # ----- ids and state -----
@@ -327,7 +328,11 @@ class Research:
                 left=sorted(set(self.workers) - set(names)),
             )
         self.workers = names
-        if not names and self.flights and not self._warned_no_worker:
+        if names or not self.flights:
+            self._no_worker_since = None
+        elif self._no_worker_since is None:
+            self._no_worker_since = time.monotonic()
+        elif time.monotonic() - self._no_worker_since > 10 and not self._warned_no_worker:
             self._warned_no_worker = True
             self.log.warning("no_worker", hint="start one: autoresearch worker --redis-url ...")
         # A confirmation waiting in the queue of a worker that left goes to the shared queue.

@@ -79,11 +79,22 @@ def _free_port() -> int:
 class PrivateRedis:
     """A redis-server child process on a free loopback port, stopped on exit."""
 
-    def __init__(self, start_timeout_s: float = 10.0):
+    def __init__(
+        self,
+        start_timeout_s: float = 10.0,
+        *,
+        port: int | None = None,
+        data_dir: Path | None = None,
+    ):
+        """With data_dir, the server keeps an append-only file there (kept on stop), so a
+        new one on the same port and folder comes back with the same data: a restart."""
         self.binary = find_server()
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._dir = tempfile.TemporaryDirectory(prefix="autoresearch-redis-")
+        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="autoresearch-redis-")
+        self.dir = Path(data_dir) if data_dir else Path(self._tmp.name)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.persistent = data_dir is not None
         self._proc: subprocess.Popen | None = None
         self._timeout = start_timeout_s
 
@@ -98,11 +109,11 @@ class PrivateRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
                 "--dir",
-                self._dir.name,
+                str(self.dir),
                 "--logfile",
-                str(Path(self._dir.name) / "redis.log"),
+                str(self.dir / "redis.log"),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -131,7 +142,8 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        self._dir.cleanup()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     def __enter__(self) -> PrivateRedis:
         return self.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import redis as redis_lib
@@ -62,7 +61,7 @@ def test_private_redis_answers_ping_and_stops_on_exit():
         assert accepts(server.port)
         client.close()
         proc = server._proc
-        data_dir = Path(server._dir.name)
+        data_dir = server.dir
         assert data_dir.is_dir()
     assert proc.poll() is not None
     assert not accepts(server.port)

@@ -25,6 +25,13 @@ NUMERIC_ENV = {
     "AUTORESEARCH_TRAIN_WALL_S": "train_wall_s",
     "AUTORESEARCH_EVAL_WALL_S": "eval_wall_s",
     "AUTORESEARCH_MEMORY_GB": "memory_gb",
+    "AUTORESEARCH_NOISE_RUNS": "noise_runs",
+    "AUTORESEARCH_NOISE_EVERY": "noise_every",
+    "AUTORESEARCH_NOISE_Z": "noise_z",
+    "AUTORESEARCH_LOOKAHEAD": "lookahead",
+    "AUTORESEARCH_MAX_IN_FLIGHT": "max_in_flight",
+    "AUTORESEARCH_LLM_CONCURRENCY": "llm_concurrency",
+    "AUTORESEARCH_LLM_RATE_PER_MIN": "llm_rate_per_min",
 }
 FLOAT_ENV = [
     "AUTORESEARCH_MAX_HOURS",
@@ -36,6 +43,8 @@ FLOAT_ENV = [
     "AUTORESEARCH_LLM_TEMPERATURE",
     "AUTORESEARCH_LLM_PRICE_IN",
     "AUTORESEARCH_LLM_PRICE_OUT",
+    "AUTORESEARCH_NOISE_Z",
+    "AUTORESEARCH_LLM_RATE_PER_MIN",
 ]
 
 
@@ -109,6 +118,13 @@ def test_nan_is_not_a_number(var):
         ("min_delta", -0.01, "0 or more"),
         ("gpu", -1, "0 or more"),
         ("llm_temperature", 2.5, "between 0 and 2"),
+        ("noise_runs", 0, "1 or more"),
+        ("noise_every", 0, "1 or more"),
+        ("noise_z", -1.0, "0 or more"),
+        ("lookahead", -1, "0 or more"),
+        ("max_in_flight", 0, "1 or more"),
+        ("llm_concurrency", 0, "1 or more"),
+        ("llm_rate_per_min", 0.0, "must be positive"),
     ],
 )
 def test_bounds_name_the_setting(field, value, why):
@@ -129,6 +145,23 @@ def test_zero_is_fine_where_zero_means_none():
     s = load(env={"AUTORESEARCH_MAX_EXPERIMENTS": "0", "AUTORESEARCH_LOCAL_WORKERS": "0"})
     assert (s.max_experiments, s.local_workers) == (0, 0)
     assert load(env={"AUTORESEARCH_MIN_DELTA": "0"}).min_delta == 0.0
+
+
+def test_noise_and_scheduling_settings_from_env():
+    s = load(
+        env={
+            "AUTORESEARCH_NOISE_RUNS": "5",
+            "AUTORESEARCH_NOISE_Z": "2.5",
+            "AUTORESEARCH_CONFIRM": "off",
+            "AUTORESEARCH_LOOKAHEAD": "0",
+            "AUTORESEARCH_LLM_CONCURRENCY": "32",
+            "AUTORESEARCH_SEQUENTIAL": "yes",
+        }
+    )
+    assert (s.noise_runs, s.noise_z, s.confirm, s.lookahead) == (5, 2.5, False, 0)
+    assert (s.llm_concurrency, s.sequential) == (32, True)
+    with pytest.raises(SettingsError, match="^AUTORESEARCH_CONFIRM='maybe': must be true or false"):
+        load(env={"AUTORESEARCH_CONFIRM": "maybe"})
 
 
 @pytest.mark.parametrize("tag", ["a/b", "../x", ".hidden", "-x", "has space", "x" * 65, "ü"])
