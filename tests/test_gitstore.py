@@ -167,3 +167,12 @@ def test_diff_shows_the_change(repo):
     assert "+# trailing blank line above" in diff
     assert "workspace/train.py" in diff
     assert store.diff(parent, parent) == ""
+
+
+def test_merge3_carries_a_change_over_or_reports_a_conflict(repo):
+    store = GitStore(repo)
+    base = "A = 1\n\n\n\nB = 2\n"
+    ours = base.replace("A = 1", "A = 10")
+    theirs = base.replace("B = 2", "B = 20")
+    assert store.merge3(base, ours, theirs) == "A = 10\n\n\n\nB = 20\n"
+    assert store.merge3(base, ours, base.replace("A = 1", "A = 5")) is None

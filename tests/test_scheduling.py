@@ -256,7 +256,7 @@ def test_confirmation_rejects_a_lucky_run_and_keeps_a_real_gain(make, pool):
         ScriptedEdits(
             [("WIDTH = 64", f"WIDTH = {width}"), ("SIM_DELTA_B = 0.0", "SIM_DELTA_B = -0.05")]
         ),
-        Policy(noise_runs=3, z=2.0, min_delta=0.0, confirm=True),
+        Policy(noise_runs=3, z=2.0, min_delta=0.0, confirm=True, noise_every=1),
     )
     baseline_runs(r)
     tip = r.frontier
@@ -268,11 +268,14 @@ def test_confirmation_rejects_a_lucky_run_and_keeps_a_real_gain(make, pool):
     assert r.git.resolve(r.git.branch("s")) == tip
 
     r.step()
-    candidate, confirm = r.results.rows()[-2:]
+    candidate, confirm, remeasure = r.results.rows()[-3:]
     assert (candidate["status"], confirm["status"]) == ("keep", "confirm")
+    # After the keep (noise_every=1) the new frontier gets a third run, for the noise floor.
+    assert remeasure["status"] == "noise" and remeasure["commit"] == candidate["commit"]
     assert confirm["worker"] != candidate["worker"]
     assert r.git.resolve(r.git.branch("s")).startswith(candidate["commit"])
-    assert r.best == pytest.approx((float(candidate["val_bpb"]) + float(confirm["val_bpb"])) / 2)
+    runs = [float(row["val_bpb"]) for row in (candidate, confirm, remeasure)]
+    assert r.best == pytest.approx(sum(runs) / 3)
 
 
 def test_a_winner_on_an_old_frontier_is_reapplied_on_the_new_one(make, pool):

@@ -1,0 +1,49 @@
+"""The noise floor and margin, from results rows."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from orchestrator import noise
+
+
+def row(commit: str, val: float, status: str) -> dict[str, str]:
+    return {"commit": commit, "val_bpb": f"{val:.6f}", "status": status}
+
+
+ROWS = [
+    row("aaaaaaa", 1.00, "keep"),
+    row("aaaaaaa", 1.02, "noise"),
+    row("aaaaaaa", 0.98, "noise"),
+    row("bbbbbbb", 0.90, "keep"),
+    row("bbbbbbb", 0.91, "confirm"),
+    row("ccccccc", 0.95, "discard"),  # run once: no spread to measure
+    row("ddddddd", 0.00, "crash"),
+    row("ddddddd", 0.00, "crash"),
+]
+
+
+def test_pooled_sigma_over_repeated_commits():
+    sigma, dof = noise.pooled_sigma(ROWS)
+    squares = 2 * 0.02**2 + 2 * 0.005**2  # deviations from each group's own mean
+    assert dof == 3
+    assert sigma == pytest.approx((squares / 3) ** 0.5)
+    only_one_group = noise.pooled_sigma(ROWS[:3])[0]
+    assert only_one_group == pytest.approx(statistics.stdev([1.00, 1.02, 0.98]))
+
+
+def test_nothing_repeated_means_no_estimate():
+    assert noise.pooled_sigma([row("a", 1.0, "keep"), row("b", 0.9, "discard")]) == (0.0, 0)
+
+
+def test_commit_value_is_the_mean_of_the_frontier_runs():
+    assert noise.commit_value(ROWS, "aaaaaaa0123") == pytest.approx(1.0)
+    assert noise.commit_value(ROWS, "bbbbbbb") == pytest.approx(0.905)
+    assert noise.commit_value(ROWS, "ccccccc") is None  # discarded: not a frontier
+
+
+def test_margin_is_the_larger_of_the_floor_and_z_sigmas():
+    assert noise.margin(0.01, 2.0, 0.001) == pytest.approx(0.02)
+    assert noise.margin(0.0001, 2.0, 0.001) == 0.001
