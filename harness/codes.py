@@ -14,3 +14,11 @@ STATUS_BY_CODE = {OK: "ok", CRASH: "crash", OOM: "oom", NAN: "nan", OVERTIME: "o
 
 # Lines starting with this prefix carry live metrics from ctx.log() as one JSON object.
 METRICS_PREFIX = "@metrics "
+
+# Lines of the candidate's code that could pass for the harness's are marked with this.
+CANDIDATE_MARK = "[train.py] "
+# The eval phase's scores, signed: "@result <json> <hmac-sha256 hex>"; only a line whose
+# HMAC checks under the runner's per-experiment key counts.
+RESULT_PREFIX = "@result "
+# Where a runner that cannot write the go line passes that key (popped at start).
+RESULT_KEY_ENV = "AUTORESEARCH_RESULT_KEY"

@@ -146,50 +146,192 @@ def summary_block(result: dict) -> str:
     return "---\n" + "\n".join(f"{k + ':':<20}{v}" for k, v in rows)
 
 
-def run_eval(args: argparse.Namespace, manifest: dict) -> int:
-    import numpy as np
+class ServedError(RuntimeError):
+    """The model server (the candidate's code) failed; kind is oom or crash."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class ModelServer:
+    """The scorer's handle on the candidate's model, which lives in another process.
+
+    The scorer never imports train.py: whatever the candidate patches at import time or in
+    forward() stays in the model server, and the targets never leave the scorer.
+    """
+
+    def __init__(self) -> None:
+        import subprocess
+        import threading
+
+        cmd_r, cmd_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.model_server", str(cmd_r), str(reply_w)],
+            pass_fds=(cmd_r, reply_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        os.close(cmd_r)
+        os.close(reply_w)
+        self.cmd = os.fdopen(cmd_w, "wb")
+        self.reply = os.fdopen(reply_r, "rb")
+        # Its output is the candidate's: marked, so no line of it passes for the harness's.
+        self._echo = threading.Thread(target=self._relay, daemon=True)
+        self._echo.start()
+
+    def _relay(self) -> None:
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            print(f"{codes.CANDIDATE_MARK}{line}", flush=True)
+
+    def _call(self, kind: bytes, payload: bytes) -> tuple[bytes, bytes]:
+        from harness import channel
+
+        try:
+            channel.send(self.cmd, kind, payload)
+            got, body = channel.recv(self.reply)
+        except (BrokenPipeError, channel.ChannelClosed):
+            self.proc.wait()
+            raise ServedError(
+                "crash", f"the model server exited (code {self.proc.returncode})"
+            ) from None
+        if got == b"ERR ":
+            what, _, message = body.decode("utf-8", "replace").partition(" ")
+            raise ServedError(what, message)
+        return got, body
+
+    def load(self, spec: dict) -> None:
+        self._call(b"LOAD", json.dumps(spec).encode())
+
+    def forward(self, x):
+        import numpy as np
+        import torch
+
+        from harness.evaluate import BadLogits
+        from harness.model_server import SHAPE
+
+        batch, seq = x.shape
+        ids = x.to(torch.int64).contiguous().numpy().tobytes()
+        kind, body = self._call(b"FWD ", SHAPE.pack(batch, seq) + ids)
+        want = batch * seq * self.vocab
+        if kind == b"LOGI":
+            if len(body) != want * 4:
+                raise BadLogits(
+                    f"model server sent {len(body)} bytes of logits, expected {want * 4}"
+                )
+            return torch.from_numpy(np.frombuffer(body, dtype=np.float32).copy()).view(
+                batch, seq, self.vocab
+            )
+        if kind == b"CUDA":
+            return _from_cuda_ipc(json.loads(body), (batch, seq, self.vocab), want)
+        raise BadLogits(f"model server replied {kind!r}")
+
+    def close(self) -> None:
+        try:
+            self.cmd.close()
+        except OSError:
+            pass
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _from_cuda_ipc(meta: dict, shape: tuple[int, int, int], numel: int):
+    """A float32 tensor on the GPU from the model server's IPC handle, size-checked."""
+    import base64
+
     import torch
 
-    from harness.context import Context
+    from harness.evaluate import BadLogits
+
+    b = base64.b64decode
+    offset = int(meta["storage_offset"])
+    if offset < 0 or int(meta["size"]) < (offset + numel) * 4:
+        raise BadLogits("model server shared a CUDA buffer smaller than the logits")
+    storage = torch.UntypedStorage._new_shared_cuda(
+        int(meta["device"]),
+        b(meta["handle"]),
+        int(meta["size"]),
+        int(meta["offset"]),
+        b(meta["ref_handle"]),
+        int(meta["ref_offset"]),
+        b(meta["event_handle"]),
+        bool(meta["event_sync"]),
+    )
+    out = torch.empty(0, dtype=torch.float32, device=f"cuda:{int(meta['device'])}")
+    seq, vocab = shape[1], shape[2]
+    out.set_(storage, offset, shape, (seq * vocab, vocab, 1))
+    return out.clone()
+
+
+def run_eval(args: argparse.Namespace, manifest: dict, server: ModelServer) -> int:
+    import secrets
+
+    import numpy as np
+
     from harness.evaluate import evaluate_bpb, validation_rows
 
     started = args.started_at
     device = _device()
-    torch.manual_seed(args.seed)
     scratch, data = Path(args.scratch), Path(args.data)
     train_stats = json.loads((scratch / "train.json").read_text())
     profile = manifest["profile"]
     vocab = manifest["tokenizer"]["vocab_size"]
-    ctx = Context(
-        vocab_size=vocab,
-        seq_len=profile["seq_len"],
-        device=device,
-        profile=profile["name"],
-        seed=args.seed,
-        deadline=time.time(),
+    server.vocab = vocab
+    server.load(
+        {
+            "candidate": str(Path(args.candidate).resolve()),
+            "weights": str((scratch / WEIGHTS).resolve()),
+            "device": str(device),
+            "vocab_size": vocab,
+            "seq_len": profile["seq_len"],
+            "profile": profile["name"],
+            "seed": args.seed,
+        }
     )
-    module = _load_candidate(Path(args.candidate))
-    model = _build(module, ctx)
-    state = torch.load(scratch / WEIGHTS, map_location=device, weights_only=True)
-    model.load_state_dict(state)
     rows = validation_rows(
         data / manifest["val"]["file"], manifest["tokenizer"]["bos_id"], profile["seq_len"]
     )
     token_bytes = np.load(data / manifest["tokenizer"]["token_bytes"])
+    batches = -(-len(rows) // profile["eval_batch_size"])
     scores = evaluate_bpb(
-        model,
+        server.forward,
         rows,
         token_bytes,
         vocab_size=vocab,
         batch_size=profile["eval_batch_size"],
         device=device,
+        probe_batch=secrets.randbelow(batches),  # which one, the candidate cannot know
     )
     result = {**train_stats, **scores, "eval_s": time.time() - started}
     result["mfu"] = _mfu(train_stats)
     result["peak_memory_mb"] = max(train_stats["peak_memory_mb"], _peak_memory_mb(device))
     _write(scratch, "eval", result)
     print(summary_block(result), flush=True)
+    print(sign_result(result, args.result_key), flush=True)
     return codes.OK
+
+
+def sign_result(result: dict, key: str) -> str:
+    """The scorer's line the runner trusts: the result and an HMAC under a key that only
+    the runner and this process hold (the model server never sees it)."""
+    import hashlib
+    import hmac
+
+    body = json.dumps(result, sort_keys=True, default=str)
+    mac = hmac.new(key.encode(), body.encode(), hashlib.sha256).hexdigest()
+    return f"{codes.RESULT_PREFIX}{body} {mac}"
+
+
+def _not_dumpable() -> None:
+    """Linux: no process of the same user may ptrace this one or read its memory or
+    environment through /proc, so the model server cannot take the scorer's key."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,25 +356,44 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.phase == "train" and args.deadline is None:
         parser.error("train needs --deadline")
-    if args.wait and not _wait_for_go():
-        return codes.USAGE
-    args.started_at = args.started_at or time.time()
+    key = os.environ.pop(codes.RESULT_KEY_ENV, "")
+    server = None
+    if args.phase == "eval":
+        _not_dumpable()
+        server = ModelServer()  # its imports overlap our wait for the go
     try:
-        manifest = mf.load_manifest(Path(args.data))
-    except FileNotFoundError as exc:
-        print(f"harness: {exc}", file=sys.stderr)
-        return codes.USAGE
-    try:
-        return (run_train if args.phase == "train" else run_eval)(args, manifest)
-    except BaseException as exc:  # noqa: BLE001 - a failing candidate is data, not an exception
-        return _classify(exc)
+        if args.wait:
+            go = _wait_for_go()
+            if go is None:
+                return codes.USAGE
+            key = go or key
+        if args.phase == "eval" and not key:
+            print("harness: the eval phase needs a result key (go <key> or env)", file=sys.stderr)
+            return codes.USAGE
+        args.result_key = key
+        args.started_at = args.started_at or time.time()
+        try:
+            manifest = mf.load_manifest(Path(args.data))
+        except FileNotFoundError as exc:
+            print(f"harness: {exc}", file=sys.stderr)
+            return codes.USAGE
+        try:
+            if args.phase == "train":
+                return run_train(args, manifest)
+            return run_eval(args, manifest, server)
+        except BaseException as exc:  # noqa: BLE001 - a failing candidate is data
+            return _classify(exc)
+    finally:
+        if server is not None:
+            server.close()
 
 
-def _wait_for_go() -> bool:
+def _wait_for_go() -> str | None:
     """Pay the imports before the phase is due, then wait for the runner's go.
 
     A runner starts the eval process while training runs, so the second torch import of
-    an experiment (over a second on a small CPU) is off its critical path.
+    an experiment (over a second on a small CPU) is off its critical path. The go line
+    carries the eval phase's result key: "go <key>". None for anything else.
     """
     import numpy  # noqa: F401
     import torch  # noqa: F401
@@ -240,7 +401,8 @@ def _wait_for_go() -> bool:
     import harness.context  # noqa: F401
     import harness.evaluate  # noqa: F401
 
-    return sys.stdin.readline().strip() == "go"
+    word, _, key = sys.stdin.readline().strip().partition(" ")
+    return key if word == "go" else None
 
 
 def _classify(exc: BaseException) -> int:
@@ -252,6 +414,9 @@ def _classify(exc: BaseException) -> int:
     sys.stderr.flush()
     if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError):
         return codes.OOM
+    if isinstance(exc, ServedError):
+        print(f"harness: model server: {exc}", file=sys.stderr, flush=True)
+        return codes.OOM if exc.kind == "oom" else codes.CRASH
     if isinstance(exc, NonFiniteLogits):
         return codes.NAN
     if isinstance(exc, SystemExit):

@@ -183,11 +183,11 @@ class DockerRunner(Runner):
     def discard(self, handle: Any) -> None:
         _remove(handle)
 
-    def _go(self, container) -> None:
+    def _go(self, container, phase: str) -> None:
         sock = container.attach_socket(params={"stdin": 1, "stream": 1})
         try:
             raw = getattr(sock, "_sock", sock)
-            raw.sendall(b"go\n")
+            raw.sendall(self.go_line(phase))
         finally:
             sock.close()
 
@@ -203,11 +203,13 @@ class DockerRunner(Runner):
         pump: threading.Thread | None = None
         try:
             if started:
-                self._go(container)
+                self._go(container, phase)
             else:
                 container.start()
             logs = container.logs(stream=True, follow=True)
-            pump = pump_lines(_lines(logs), phase, emit, outcome.tail, self.limits.log_bytes)
+            pump = pump_lines(
+                _lines(logs), phase, emit, outcome.tail, self.limits.log_bytes, outcome.signed
+            )
             try:
                 remaining = max(wall_s - (time.monotonic() - start), 0.1)
                 status = container.wait(timeout=remaining)

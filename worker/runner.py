@@ -8,9 +8,12 @@ The process runner is here; the docker runner drops into the same interface.
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import hmac
 import json
 import os
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -53,6 +56,7 @@ class PhaseOutcome:
     timed_out: bool
     seconds: float
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
+    signed: list[str] = field(default_factory=list)  # the scorer's "@result" lines
 
 
 @dataclass
@@ -75,6 +79,8 @@ class Runner(ABC):
         self.limits = limits or Limits()
         self._prestarted: dict[str, Any] = {}  # phase -> handle from start_waiting
         self.gpu = gpu
+        # The eval phase signs its scores with this; it travels on the go line only.
+        self.result_key = secrets.token_hex(16)
 
     @abstractmethod
     def run_phase(
@@ -103,8 +109,12 @@ class Runner(ABC):
             self.discard(handle)
         self._prestarted.clear()
 
+    def go_line(self, phase: str) -> bytes:
+        return f"go {self.result_key}\n".encode() if phase == "eval" else b"go\n"
+
     def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
         workdir = Path(workdir)
+        self.result_key = secrets.token_hex(16)
         scratch = workdir / "scratch"
         # A retried job finds what a dead attempt left: start from an empty scratch.
         shutil.rmtree(scratch, ignore_errors=True)
@@ -162,7 +172,11 @@ class Runner(ABC):
             status, error = self._classify(ev, "eval", budget["eval_wall_s"])
             tail = list(train.tail)[-10:] + list(ev.tail)
             if status == "ok":
-                fields.update(self._scores(scratch))
+                scores, forged = self._verified(ev.signed)
+                if scores is None:
+                    status, error = "crash", forged or "the eval phase sent no signed result"
+                else:
+                    fields.update(scores)
         else:
             tail = list(train.tail)
             stats = scratch / "train.json"
@@ -217,9 +231,18 @@ class Runner(ABC):
             return status, f"{phase} phase killed by {sig}"
         return "crash", f"{phase} phase exited with code {code}"
 
-    @staticmethod
-    def _scores(scratch: Path) -> dict[str, Any]:
-        return _pick(json.loads((scratch / "eval.json").read_text()))
+    def _verified(self, lines: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+        """The scores of the one result line signed under this run's key, or (None, why)."""
+        good = []
+        for line in lines:
+            body, _, mac = line[len(codes.RESULT_PREFIX) :].rpartition(" ")
+            want = hmac.new(self.result_key.encode(), body.encode(), hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(mac, want):
+                return None, "a forged result line in the eval output (bad signature)"
+            good.append(body)
+        if len(good) != 1:
+            return None, f"{len(good)} signed result lines, expected one" if good else None
+        return _pick(json.loads(good[0])), None
 
 
 _RESULT_KEYS = (
@@ -249,15 +272,30 @@ def _last_error(tail: deque[str], status: str) -> str:
     return status
 
 
+# Lines only the eval phase's scorer may print; from the train phase they are marked.
+SCORER_ONLY = ("val_bpb:", codes.RESULT_PREFIX)
+
+
 def pump_lines(
-    lines: Iterable[bytes], phase: str, emit: Emit, tail: deque[str], log_bytes: int
+    lines: Iterable[bytes],
+    phase: str,
+    emit: Emit,
+    tail: deque[str],
+    log_bytes: int,
+    signed: list[str] | None = None,
 ) -> threading.Thread:
-    """Forward a phase's output lines as they come, keeping a tail and capping the volume."""
+    """Forward a phase's output lines as they come, keeping a tail and capping the volume.
+    The eval scorer's signed result lines are collected whatever the cap."""
 
     def pump() -> None:
         kept = dropped = 0
         for raw in lines:
             line = raw.decode("utf-8", "replace").rstrip("\n")
+            if phase != "eval" and line.startswith(SCORER_ONLY):
+                line = codes.CANDIDATE_MARK + line  # the candidate's own, not a score
+            elif line.startswith(codes.RESULT_PREFIX) and signed is not None:
+                signed.append(line)
+                continue
             tail.append(line[:2000])
             if kept + len(raw) <= log_bytes:
                 kept += len(raw)
@@ -339,10 +377,10 @@ class ProcessRunner(Runner):
             proc = self._spawn(argv, workdir)
         outcome = PhaseOutcome(exit_code=None, timed_out=False, seconds=0.0)
         lines = iter(proc.stdout.readline, b"")
-        pump = pump_lines(lines, phase, emit, outcome.tail, self.limits.log_bytes)
+        pump = pump_lines(lines, phase, emit, outcome.tail, self.limits.log_bytes, outcome.signed)
         if proc.stdin:
             try:
-                proc.stdin.write(b"go\n")
+                proc.stdin.write(self.go_line(phase))
                 proc.stdin.close()
             except BrokenPipeError:
                 pass  # it died while waiting; its exit code and output say why

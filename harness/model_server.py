@@ -1,0 +1,155 @@
+"""The untrusted half of the eval phase: imports the candidate and maps token ids to logits.
+
+`python -m harness.model_server CMD_FD REPLY_FD` is started by the scorer (harness.entry
+eval), which holds the validation targets and computes val_bpb in its own process. This
+process only ever sees input rows; whatever the candidate's code patches here (the loss,
+the harness, torch) cannot touch the score. Replies are plain frames (harness.channel):
+
+  LOAD <json>        -> OK   | ERR <kind> <message>   build the model, load the weights
+  FWD  <B,T><ids>    -> LOGI <float32 bytes, B*T*V>  (CPU)
+                      | CUDA <json: IPC handle of a float32 [B,T,V] tensor>  (GPU)
+                      | ERR <kind> <message>
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import struct
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from harness import channel
+
+SHAPE = struct.Struct(">II")
+
+
+def _error_kind(exc: BaseException) -> str:
+    import torch
+
+    if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError):
+        return "oom"
+    return "crash"
+
+
+def serve(cmd, reply) -> None:
+    import torch
+
+    from harness.context import Context
+    from harness.entry import _build, _load_candidate
+
+    model = None
+    device = None
+    vocab = 0
+    last = None  # the logits the scorer may still be reading (CUDA IPC)
+    while True:
+        try:
+            kind, payload = channel.recv(cmd)
+        except channel.ChannelClosed:
+            return
+        try:
+            if kind == b"LOAD":
+                spec = json.loads(payload)
+                device = torch.device(spec["device"])
+                vocab = spec["vocab_size"]
+                torch.manual_seed(spec["seed"])
+                ctx = Context(
+                    vocab_size=vocab,
+                    seq_len=spec["seq_len"],
+                    device=device,
+                    profile=spec["profile"],
+                    seed=spec["seed"],
+                    deadline=time.time(),
+                )
+                module = _load_candidate(Path(spec["candidate"]))
+                model = _build(module, ctx)
+                state = torch.load(spec["weights"], map_location=device, weights_only=True)
+                model.load_state_dict(state)
+                model.eval()
+                channel.send(reply, b"OK  ")
+            elif kind == b"FWD ":
+                batch, seq = SHAPE.unpack_from(payload)
+                ids = torch.frombuffer(bytearray(payload[SHAPE.size :]), dtype=torch.int64)
+                x = ids.view(batch, seq).to(device)
+                with torch.no_grad(), _autocast(device):
+                    logits = model(x)
+                if not isinstance(logits, torch.Tensor):
+                    raise TypeError(f"forward returned {type(logits).__name__}, not a Tensor")
+                if tuple(logits.shape) != (batch, seq, vocab):
+                    raise TypeError(
+                        f"logits have shape {tuple(logits.shape)}, expected {(batch, seq, vocab)}"
+                    )
+                if not logits.is_floating_point():
+                    raise TypeError(f"logits have dtype {logits.dtype}, expected a floating dtype")
+                last = logits.detach().float().contiguous()
+                if device.type == "cuda":
+                    channel.send(reply, b"CUDA", json.dumps(_share_cuda(last)).encode())
+                else:
+                    channel.send(reply, b"LOGI", last.numpy().tobytes())
+            else:
+                raise ValueError(f"unknown command {kind!r}")
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported, then we go on
+            traceback.print_exc()
+            sys.stderr.flush()
+            message = f"{type(exc).__name__}: {exc}"[:2000]
+            channel.send(reply, b"ERR ", f"{_error_kind(exc)} {message}".encode())
+            if kind == b"LOAD":
+                return
+
+
+def _autocast(device):
+    import contextlib
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _share_cuda(tensor) -> dict:
+    """The CUDA IPC handle of a contiguous tensor's storage, as plain JSON."""
+    (
+        dev,
+        handle,
+        size,
+        offset,
+        ref_handle,
+        ref_offset,
+        event_handle,
+        event_sync,
+    ) = tensor.untyped_storage()._share_cuda_()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return {
+        "device": dev,
+        "handle": b64(handle),
+        "size": size,
+        "offset": offset,
+        "ref_handle": b64(ref_handle),
+        "ref_offset": ref_offset,
+        "event_handle": b64(event_handle),
+        "event_sync": bool(event_sync),
+        "storage_offset": tensor.storage_offset(),
+    }
+
+
+def main() -> int:
+    cmd_fd, reply_fd = int(sys.argv[1]), int(sys.argv[2])
+    import torch  # noqa: F401 - paid while the scorer waits for its go
+
+    import harness.context  # noqa: F401
+    import harness.entry  # noqa: F401
+
+    with os.fdopen(cmd_fd, "rb") as cmd, os.fdopen(reply_fd, "wb") as reply:
+        serve(cmd, reply)
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
