@@ -204,7 +204,8 @@ class ModelServer:
         return got, body
 
     def load(self, spec: dict) -> None:
-        self._call(b"LOAD", json.dumps(spec).encode())
+        _, sandbox = self._call(b"LOAD", json.dumps(spec).encode())
+        print(f"harness: model server {sandbox.decode('utf-8', 'replace')}", flush=True)
 
     def forward(self, x):
         import numpy as np

@@ -56,6 +56,7 @@ def serve(cmd, reply) -> None:
                 device = torch.device(spec["device"])
                 vocab = spec["vocab_size"]
                 torch.manual_seed(spec["seed"])
+                sandbox = _restrict(spec)
                 ctx = Context(
                     vocab_size=vocab,
                     seq_len=spec["seq_len"],
@@ -69,7 +70,7 @@ def serve(cmd, reply) -> None:
                 state = torch.load(spec["weights"], map_location=device, weights_only=True)
                 model.load_state_dict(state)
                 model.eval()
-                channel.send(reply, b"OK  ")
+                channel.send(reply, b"OK  ", sandbox.encode())
             elif kind == b"FWD ":
                 batch, seq = SHAPE.unpack_from(payload)
                 ids = torch.frombuffer(bytearray(payload[SHAPE.size :]), dtype=torch.int64)
@@ -98,6 +99,26 @@ def serve(cmd, reply) -> None:
             channel.send(reply, b"ERR ", f"{_error_kind(exc)} {message}".encode())
             if kind == b"LOAD":
                 return
+
+
+def _restrict(spec: dict) -> str:
+    """Before the candidate's code runs: read access only to what serving it needs, not
+    to the prepared data. Returns a line for the log."""
+    from harness import sandbox
+
+    allowed = sandbox.python_paths() | {
+        str(Path(__file__).resolve().parent),  # the harness package
+        spec["candidate"],
+        str(Path(spec["weights"]).parent),  # the scratch folder
+    }
+    for var in ("HOME", "TMPDIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        if os.environ.get(var):
+            allowed.add(os.environ[var])
+    try:
+        abi = sandbox.restrict_reads(sorted(allowed))
+    except sandbox.LandlockUnavailable as exc:
+        return f"unrestricted reads ({exc}): the candidate could read the prepared data"
+    return f"reads restricted by Landlock (ABI {abi}): no access to the prepared data"
 
 
 def _autocast(device):
