@@ -13,45 +13,54 @@ behind a sleep of the LLM latency.
 Time is scaled: the real budget is 300 s, so the simulated one is 300 x --scale seconds
 (6 s at the default 0.02) and the LLM latency is latency x scale. Figures are reported
 in real units: experiments per worker-hour against the limit 3600 / 300 = 12, with the
-window counted at its real length (window / scale). Fixed overheads do not scale (forking
-RQ's work-horse, the loop's 0.1 s poll, git, Redis round trips): at a scaled budget they
-weigh 1 / scale times more than on a real 300 s budget, so the busy fraction and the
-throughput here are lower bounds of the real ones.
+window counted at its real length (window / scale). A worker waiting for a proposal
+scales with the latency, so it weighs what it would on a real budget; fixed overheads do
+not scale (forking RQ's work-horse, the loop's 0.1 s poll, git and Redis round trips,
+deciding and dispatching a burst of finished jobs one after the other): at a scaled budget
+they weigh 1 / scale times more than on a real 300 s one (50 times at 0.02), so the busy
+fraction and the throughput here are lower bounds of the real ones. A larger --scale
+(0.1: a 30 s budget) shows how much of the idle time is fixed overhead.
 
 Each configuration gets a fresh private Redis, a fresh repository and W freshly started
-workers (stopped after it). It runs for one budget (the baseline) plus --rounds budgets
-(Limits.max_hours), then lets what is in flight finish. Measured from RQ afterwards, over
-every job of the run (Job.fetch of each id in results.tsv: started_at, ended_at,
-worker_name), in the steady window [the baseline job's end, the moment the loop stops
-dispatching]:
+workers (stopped after it; their start is not timed). It runs for one budget (the
+baseline) plus --rounds budgets (Limits.max_hours), then lets what is in flight finish.
+Measured from RQ afterwards, over every job of the run (Job.fetch of each id in
+results.tsv: enqueued_at, started_at, ended_at, worker_name), in the steady window [the
+baseline job's end, the moment the loop stops dispatching]:
 
 - busy: the sum of job intervals (started_at to ended_at) clipped to the window, over
-  W x window. RQ's job interval includes the in-job overhead (the work-horse imports the
-  job function, checks the data fingerprint, opens the logs), so `train` is also printed:
-  the held (simulated training) seconds in the window over W x window;
+  W x window (RQ's job interval holds a few ms of in-job overhead besides the held
+  budget: the work-horse imports the job function, checks the data fingerprint, opens
+  the logs; its mean is printed under the table);
 - exp/worker-h: jobs of any kind (baseline, noise, candidate, confirmation: all are GPU
   runs), each counted by the fraction of its interval inside the window, per worker and
   per real hour of window;
-- dispatch p50/p99 (ms, as measured, not scaled): parallel loop, per worker, the gap from
-  one job's end to the next job's start on the same worker; sequential loop, the gap from
-  one job's end to the next job's start on any worker, with the LLM latency put back at
-  its real length for a gap before a candidate (measured gap - latency x scale + latency);
+- dispatch p50/p99 (ms, as measured, not scaled: fixed overheads, plus any wait for a
+  proposal): parallel loop, per worker, the gap from one job's end to the next job's start
+  on the same worker; sequential loop, the gap from one job's end to the next job's start
+  on any worker, with the LLM latency put back at its real length for a gap before a
+  candidate (measured gap - latency x scale + latency);
+- queued: the share of those gaps where the next job was already in Redis when the
+  worker finished (the rest waited for the loop to decide, propose and enqueue);
 - experiments: every job the configuration ran (all of its runs, the drain included).
 
 Policies: the parallel loop is Policy() with the defaults (noise_runs 3, confirmation on,
-look-ahead 1) except llm_concurrency = max(8, ceil(2 x W x latency / budget) + W), enough
-proposals in flight for the start and for the steady state; the sequential baseline is
-Policy(sequential=True) on the same W workers (the baseline's noise runs go out together,
-then one experiment at a time). Target: busy >= 0.97 at W = 64 with 30 s of LLM latency.
+look-ahead 1; --lookahead changes it) except llm_concurrency = max(8, ceil(2 x W x
+latency / budget) + W) (column `llm conc.`), enough proposals in flight for the first
+round and for the steady state; the sequential baseline is Policy(sequential=True) on the
+same W workers (the baseline's noise runs go out together, then one experiment at a
+time), so its busy fraction is at most 1 / W. Target: busy >= 0.97 at W = 64 with 30 s of
+LLM latency.
 
     python bench/scheduling.py [--workers 1,4,16,64] [--latency 0,30] [--loops parallel,sequential]
-                               [--scale 0.02] [--rounds 6]
+                               [--scale 0.02] [--rounds 3] [--lookahead 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -132,6 +141,7 @@ class SimulatedLLM:
 class Span:
     kind: str
     worker: str
+    enqueued: float
     start: float
     end: float
     held: float  # seconds the simulate runner held the worker (its training_s)
@@ -149,11 +159,11 @@ def make_repo(folder: Path) -> Path:
     (folder / "workspace").mkdir(parents=True)
     (folder / "workspace" / "train.py").write_text(SIM_TRAIN_PY)
     env = {
+        **os.environ,
         "GIT_AUTHOR_NAME": "b",
         "GIT_AUTHOR_EMAIL": "b@b",
         "GIT_COMMITTER_NAME": "b",
         "GIT_COMMITTER_EMAIL": "b@b",
-        "PATH": "/usr/bin:/bin",
     }
     for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "bench"]):
         subprocess.run(["git", *cmd], cwd=folder, check=True, env=env)
@@ -241,6 +251,7 @@ def run_config(
                 Span(
                     kind,
                     job.worker_name or "?",
+                    job.enqueued_at.timestamp(),
                     job.started_at.timestamp(),
                     job.ended_at.timestamp(),
                     float(result.get("training_s") or 0.0),
@@ -268,14 +279,13 @@ def measure(
         raise RuntimeError(f"{loop} W={workers}: no baseline ended before the stop")
     lo, hi = baseline_end, stop_at
     window = hi - lo
-    busy = held = count = 0.0
+    busy = count = 0.0
     for s in spans:
         inside = max(0.0, min(s.end, hi) - max(s.start, lo))
         busy += inside
         if s.end > s.start:
             count += inside / (s.end - s.start)
-            held += s.held * inside / (s.end - s.start)
-    gaps = []
+    gaps, queued = [], 0
     if loop == "parallel":
         by_worker: dict[str, list[Span]] = {}
         for s in spans:
@@ -285,12 +295,14 @@ def measure(
             for a, b in zip(mine, mine[1:], strict=False):
                 if lo <= a.end < hi:
                     gaps.append(b.start - a.end)
+                    queued += b.enqueued <= a.end
     else:
         ordered = sorted(spans, key=lambda s: s.start)
         last_end = -math.inf
         for s in ordered:
             gap = s.start - last_end
             if lo <= last_end < hi and gap >= 0:
+                queued += s.enqueued <= last_end
                 if s.kind == "candidate":  # its proposal was made in the gap: real latency
                     gap += latency * (1 - scale)
                 gaps.append(gap)
@@ -302,10 +314,9 @@ def measure(
         "latency": latency,
         "exp_per_worker_h": count / (workers * window / scale / 3600),
         "busy": busy / (workers * window),
-        "train": held / (workers * window),
         "p50_ms": 1000 * percentile(gaps, 0.5),
         "p99_ms": 1000 * percentile(gaps, 0.99),
-        "gaps": len(gaps),
+        "queued": queued / len(gaps) if gaps else math.nan,
         "experiments": len(spans),
         "window_s": window,
         "in_job_ms": 1000 * sum(in_job) / len(in_job) if in_job else math.nan,
@@ -325,7 +336,7 @@ def main() -> int:
     parser.add_argument("--latency", default="0,30", help="LLM latencies, real seconds")
     parser.add_argument("--loops", default="parallel,sequential")
     parser.add_argument("--scale", type=float, default=0.02, help="simulated s per real s")
-    parser.add_argument("--rounds", type=int, default=6, help="budgets after the baseline's")
+    parser.add_argument("--rounds", type=int, default=3, help="budgets after the baseline's")
     parser.add_argument(
         "--llm-concurrency", type=int, default=None, help="default: max(8, ceil(2WL/B) + W)"
     )
@@ -373,9 +384,9 @@ def main() -> int:
         "exp/worker-h",
         "limit",
         "busy",
-        "train",
         "dispatch p50 ms",
         "p99 ms",
+        "queued",
         "experiments",
         "llm conc.",
     )
@@ -389,9 +400,9 @@ def main() -> int:
             f"{r['exp_per_worker_h']:.2f}",
             f"{LIMIT:g}",
             f"{r['busy']:.3f}",
-            f"{r['train']:.3f}",
             f"{r['p50_ms']:.0f}",
             f"{r['p99_ms']:.0f}",
+            f"{r['queued']:.0%}",
             str(r["experiments"]),
             str(r["llm_concurrency"]) if r["loop"] == "parallel" else "-",
         )
@@ -403,9 +414,7 @@ def main() -> int:
             f"configurations: {sum(in_job) / len(in_job):.0f} ms"
         )
     target = [
-        r
-        for r in results
-        if r["loop"] == "parallel" and (r["workers"], r["latency"]) == TARGET_AT
+        r for r in results if r["loop"] == "parallel" and (r["workers"], r["latency"]) == TARGET_AT
     ]
     for r in target:
         met = "met" if r["busy"] >= TARGET_BUSY else "NOT met"

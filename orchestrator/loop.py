@@ -17,12 +17,12 @@ leaves a half row or a keep without its row.
 from __future__ import annotations
 
 import json
-import math
 import queue as queuelib
+import random
 import signal
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +36,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+from rq.worker_registration import clean_worker_registry, get_keys
 
 from harness.profiles import Profile
 from orchestrator import defaults, logs, noise
@@ -110,6 +111,7 @@ class Flight:
     queue: str
     of: str = ""  # a confirmation: the candidate's id
     source_hash: str = ""  # normalised, for the near-duplicate check
+    started: float | None = None  # when the loop first saw it running (monotonic)
 
     def __post_init__(self) -> None:
         self.source_hash = self.source_hash or normalized_hash(self.spec["source"])
@@ -124,6 +126,9 @@ class Ready:
 
 
 JOB_KINDS = ("baseline", "noise", "candidate", "confirm")
+DONE = {
+    s.value for s in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+}
 
 
 @dataclass
@@ -164,6 +169,7 @@ class Research:
         self._next_id: int | None = None
         self._first_id: int | None = None
         self._workers_at = 0.0
+        self._workers_cleaned = 0.0
         self._swept_at = time.monotonic()
         self._next_proposal_at = 0.0
         self._llm_latency: float | None = None  # moving average, seconds
@@ -319,7 +325,12 @@ class Research:
 
     # ----- workers and capacity -----
     def _refresh_workers(self) -> None:
-        names = sorted(w.name for w in Worker.all(queue=self.queue))
+        # One SMEMBERS a second; a dead worker's stale key is swept every ten.
+        if time.monotonic() - self._workers_cleaned > 10 * defaults.WORKER_REFRESH_S:
+            clean_worker_registry(self.queue)
+            self._workers_cleaned = time.monotonic()
+        prefix = Worker.redis_worker_namespace_prefix
+        names = sorted(k.removeprefix(prefix) for k in get_keys(self.queue))
         if names != self.workers:
             self.log.info(
                 "workers",
@@ -404,7 +415,12 @@ class Research:
             free = self.capacity() - len(self.flights) - len(self.ready)
             ahead = 0
             if self._llm_latency:
-                ahead = math.ceil(len(self.flights) * self._llm_latency / self._job_seconds)
+                # Jobs that will end before a proposal started now is made: they finish
+                # together when they started together, so count them, not an average rate.
+                now, horizon = time.monotonic(), self._job_seconds - self._llm_latency
+                ahead = sum(
+                    1 for f in self.flights.values() if f.started and now - f.started >= horizon
+                )
             want = free + ahead
         limit = self.limits.max_experiments
         while (
@@ -573,7 +589,19 @@ class Research:
 
     # ----- results -----
     def _poll(self) -> None:
-        for flight in list(self.flights.values()):
+        # One round trip for every job's status; full results only for the finished ones.
+        flights = list(self.flights.values())
+        with self.redis.pipeline(transaction=False) as pipe:
+            for flight in flights:
+                pipe.hget(flight.job.key, "status")
+            statuses = pipe.execute()
+        now = time.monotonic()
+        for flight, raw in zip(flights, statuses, strict=True):
+            status = raw.decode() if isinstance(raw, bytes) else raw
+            if status == JobStatus.STARTED.value and flight.started is None:
+                flight.started = now
+            if status not in DONE:
+                continue
             result = self._finished(flight)
             if result is None:
                 continue
@@ -653,10 +681,13 @@ class Research:
         if any(f.kind == "confirm" and f.of == flight.id for f in self.flights.values()):
             return  # a restarted orchestrator found its confirmation already in flight
         others = [w for w in self.workers if w != result.get("worker")]
-        queue = contract.QUEUE_NAME
-        if others:  # an idle one if any, else the first: it takes it after its current job
-            idle = {w.name for w in Worker.all(queue=self.queue) if w.get_state() == "idle"}
-            queue = contract.worker_queue(next((w for w in others if w in idle), others[0]))
+        queue, at_front = contract.QUEUE_NAME, True
+        if others:
+            # The other worker with the fewest confirmations waiting for it (ties: random),
+            # served in order from its own queue, ahead of the shared one.
+            waiting = Counter(f.queue for f in self.flights.values() if f.kind == "confirm")
+            pick = min(others, key=lambda w: (waiting[contract.worker_queue(w)], random.random()))
+            queue, at_front = contract.worker_queue(pick), False
         exp_id = self.new_id()
         self.git.pin(self.tag, exp_id, flight.spec["commit"])
         proposal = Proposal(
@@ -666,7 +697,7 @@ class Research:
             exp_id, flight.spec["commit"], flight.spec["parent"], proposal, self.seed + 1
         )
         self.flights[exp_id] = self._enqueue(
-            exp_id, "confirm", spec, proposal, of=flight.id, queue=queue, at_front=True
+            exp_id, "confirm", spec, proposal, of=flight.id, queue=queue, at_front=at_front
         )
 
     def _decide_confirmed(self, confirm: Flight, result: dict) -> None:
@@ -764,7 +795,24 @@ class Research:
                     self.job_id(exp_id), connection=self.redis, serializer=JSONSerializer
                 )
             except NoSuchJobError:
+                # Never queued (killed in between), or queued in a private Redis that died
+                # with the run: it did not run here; its row says so.
                 self.log.warning("reconcile.lost", id=exp_id, why="its job is not in Redis")
+                commit = self.git.resolve(self.git.candidate_ref(self.tag, exp_id)) or ""
+                parent = self.git.resolve(f"{commit}^") if commit else None
+                source = self.git.read(commit) if commit else ""
+                lost = contract.make_result(
+                    {"id": exp_id}, "infra_error", error="lost: its job is not in Redis"
+                )
+                self.record(
+                    exp_id,
+                    commit,
+                    parent or commit,
+                    "lost with the orchestrator",
+                    lost,
+                    "infra_error",
+                    Proposal(source, "lost", "?"),
+                )
                 continue
             spec, meta = job.args[0], job.meta or {}
             kind = meta.get("kind") or (

@@ -63,15 +63,26 @@ def _clean(value: Any) -> str:
 class ResultsFile:
     path: Path
 
+    def __post_init__(self) -> None:
+        self._cache: tuple[tuple[int, int], list[dict[str, str]]] | None = None
+
     def rows(self) -> list[dict[str, str]]:
-        if not self.path.is_file():
+        """Every row; parsed again only when the file changed (the loop asks often)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
             return []
+        key = (st.st_mtime_ns, st.st_size)
+        if self._cache is not None and self._cache[0] == key:
+            return list(self._cache[1])
         # Plain tab-split: fields are written flat (no tabs or newlines), never quoted.
         lines = self.path.read_text(encoding="utf-8").splitlines()
         if not lines:
             return []
         header = lines[0].split("\t")
-        return [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:] if line]
+        rows = [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:] if line]
+        self._cache = (key, rows)
+        return list(rows)
 
     def append(self, row: dict[str, Any]) -> None:
         """Write one complete line with a single write and fsync it: no half rows."""

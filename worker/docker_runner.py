@@ -164,7 +164,16 @@ class DockerRunner(Runner):
                 memswap_limit=memory,
                 shm_size="1g",
                 device_requests=gpus,
-                ulimits=[docker.types.Ulimit(name="core", soft=0, hard=0)],
+                ulimits=[
+                    docker.types.Ulimit(name="core", soft=0, hard=0),
+                    # A candidate filling the scratch disk dies at this file size (SIGXFSZ).
+                    docker.types.Ulimit(
+                        name="fsize", soft=self.limits.file_bytes, hard=self.limits.file_bytes
+                    ),
+                    docker.types.Ulimit(
+                        name="nofile", soft=self.limits.open_files, hard=self.limits.open_files
+                    ),
+                ],
                 stdin_open=waits,
             )
         except (docker.errors.DockerException, requests.RequestException) as exc:

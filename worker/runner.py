@@ -368,6 +368,23 @@ class ProcessRunner(Runner):
             if pipe:
                 pipe.close()
 
+    def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
+        # Orphans of a phase (a daemon that left its process group) become our children, so
+        # we can find and kill them; whatever was our child before is left alone.
+        _become_subreaper()
+        self._before = _children()
+        try:
+            return super().run(spec, workdir, emit)
+        finally:
+            self._kill_orphans()
+
+    def _kill_orphans(self) -> None:
+        """Kill what a phase left behind: new children of ours that are not a phase we
+        started (a daemon that escaped its group was re-parented to us)."""
+        keep = {handle.pid for handle in self._prestarted.values()}
+        for pid in _children() - getattr(self, "_before", set()) - keep:
+            _kill(pid)
+
     def run_phase(
         self, phase: str, argv: list[str], workdir: Path, wall_s: float, emit: Emit
     ) -> PhaseOutcome:
@@ -389,11 +406,14 @@ class ProcessRunner(Runner):
         except subprocess.TimeoutExpired:
             outcome.timed_out = True
         finally:
-            # Kill the whole group: the candidate's children die with it, wall or not.
+            # Kill the whole group: the candidate's children die with it, wall or not;
+            # then whatever left the group (it may hold our output pipe open).
             _killpg(proc.pid)
             proc.wait()
+            self._kill_orphans()
             pump.join(timeout=5)
-            proc.stdout.close()
+            if not pump.is_alive():  # closing under a blocked reader would hang
+                proc.stdout.close()
         outcome.seconds = time.monotonic() - start
         return outcome
 
@@ -408,6 +428,41 @@ def _die_with_parent() -> None:
     stop command or a job timeout without running our finally)."""
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _children() -> set[int]:
+    """PIDs whose parent is this process (Linux /proc; empty elsewhere)."""
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").iterdir() if Path("/proc/self").exists() else ():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                found.add(int(entry.name))
+    return found
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL a left-over descendant and its group, then reap it."""
+    for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            target()
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _killpg(pgid: int) -> None:
