@@ -308,6 +308,9 @@ def run_eval(args: argparse.Namespace, manifest: dict, server: ModelServer) -> i
     )
     result = {**train_stats, **scores, "eval_s": time.time() - started}
     result["mfu"] = _mfu(train_stats)
+    # What scored it: this harness's code and the data it read (tamper evidence).
+    result["harness_sha256"] = mf.harness_digest()
+    result["fingerprint"] = manifest["fingerprint"]
     result["peak_memory_mb"] = max(train_stats["peak_memory_mb"], _peak_memory_mb(device))
     _write(scratch, "eval", result)
     print(summary_block(result), flush=True)

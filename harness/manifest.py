@@ -56,3 +56,14 @@ def write_manifest(data_dir: Path, manifest: dict) -> None:
     tmp = Path(data_dir) / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     tmp.replace(Path(data_dir) / MANIFEST)
+
+
+def harness_digest(root: Path | None = None) -> str:
+    """sha256 over the harness's own source files (names and contents, sorted): the
+    scorer stamps its result with it and the orchestrator refuses one that differs from
+    its own, so every compared score came from the same evaluation code."""
+    folder = Path(root) if root else Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()

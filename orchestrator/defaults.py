@@ -33,6 +33,8 @@ ABANDONED_SWEEP_S = 5.0
 LOOKAHEAD = 1
 LLM_CONCURRENCY = 8
 WORKER_REFRESH_S = 1.0
+# Longest a loop turn spends validating and committing new proposals.
+COLLECT_SLICE_S = 0.05
 # Noise: runs of the frontier at the start (the baseline included) and again after every
 # NOISE_EVERY_KEEPS keeps; a gain counts above max(MIN_DELTA, NOISE_Z x sigma); a would-be
 # keep is re-run with another seed on another worker before the branch moves.

@@ -94,6 +94,10 @@ class GitStore:
         """Point an experiment's candidate ref at an existing commit (the baseline's)."""
         self._git("update-ref", self.candidate_ref(tag, exp_id), commit)
 
+    def unpin(self, tag: str, exp_id: str) -> None:
+        """Drop a candidate's ref: it was committed ahead but will never run."""
+        self._git("update-ref", "-d", self.candidate_ref(tag, exp_id))
+
     @staticmethod
     def candidate_ref(tag: str, exp_id: str) -> str:
         return defaults.CANDIDATE_REF.format(tag=tag, id=exp_id)

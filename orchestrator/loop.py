@@ -38,6 +38,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker_registration import clean_worker_registry, get_keys
 
+from harness.manifest import harness_digest
 from harness.profiles import Profile
 from orchestrator import defaults, logs, noise
 from orchestrator.gitstore import GitStore
@@ -123,6 +124,8 @@ class Ready:
 
     proposal: Proposal
     parent: str  # the frontier it was written against
+    exp_id: str = ""  # set once committed (ahead of dispatch, off its critical path)
+    commit: str = ""
 
 
 JOB_KINDS = ("baseline", "noise", "candidate", "confirm")
@@ -177,6 +180,7 @@ class Research:
         self._warned_no_worker = False
         self._no_worker_since: float | None = None
         self._redis_down_since: float | None = None
+        self.harness_sha256 = harness_digest()
 
     # ----- ids and state -----
     def new_id(self) -> str:
@@ -278,15 +282,18 @@ class Research:
             StartedJobRegistry(queue=self.queue).cleanup()
             self._swept_at = now
         self._collect_proposals()
-        self._poll()
+        finished = self._poll()
+        if finished and not self._stopping():
+            self._dispatch()  # the freed workers first, then the bookkeeping
+        for flight, result in finished:
+            self._handle(flight, result)
         if self.established and not self._noise_pending():
             parked, self.parked = self.parked, []
             for flight, result in parked:
                 self._decide_candidate(flight, result)
         if self._stopping():
             while self.ready:
-                item = self.ready.popleft()
-                self._record_not_run(item.proposal, item.parent)
+                self._record_not_run(self.ready.popleft())
             return
         self._dispatch()
         if auto:
@@ -414,10 +421,11 @@ class Research:
         else:
             free = self.capacity() - len(self.flights) - len(self.ready)
             ahead = 0
-            if self._llm_latency:
+            if self._llm_latency is not None:
                 # Jobs that will end before a proposal started now is made: they finish
                 # together when they started together, so count them, not an average rate.
-                now, horizon = time.monotonic(), self._job_seconds - self._llm_latency
+                lead = self._llm_latency + max(2.0, 0.1 * self._job_seconds)
+                now, horizon = time.monotonic(), self._job_seconds - lead
                 ahead = sum(
                     1 for f in self.flights.values() if f.started and now - f.started >= horizon
                 )
@@ -431,7 +439,10 @@ class Research:
             self.propose()
 
     def _collect_proposals(self) -> None:
-        while True:
+        # Time-boxed: validating and committing a burst of proposals must not hold up
+        # polling and dispatching for the workers that are free now.
+        until = time.monotonic() + defaults.COLLECT_SLICE_S
+        while time.monotonic() < until:
             try:
                 proposal, parent, seconds = self.made.get_nowait()
             except queuelib.Empty:
@@ -456,21 +467,23 @@ class Research:
                     proposal.rejected = str(exc)
             if proposal.rejected is not None:
                 self._record_rejected(proposal, parent)
-            else:
-                self.ready.append(Ready(proposal, parent))
+            elif (item := self._commit(Ready(proposal, parent))) is not None:
+                self.ready.append(item)
 
-    def _record_rejected(self, proposal: Proposal, parent: str) -> None:
-        exp_id = self.new_id()
+    def _record_rejected(self, proposal: Proposal, parent: str, exp_id: str = "") -> None:
+        exp_id = exp_id or self.new_id()
         result = contract.make_result({"id": exp_id}, "crash", error=proposal.rejected)
         self.record(exp_id, "", parent, proposal.description, result, "rejected", proposal)
 
-    def _record_not_run(self, proposal: Proposal, parent: str) -> None:
-        proposal.rejected = f"not run: {self.stop_reason or 'the run stopped'}"
-        self._record_rejected(proposal, parent)
+    def _record_not_run(self, item: Ready) -> None:
+        if item.exp_id:
+            self.git.unpin(self.tag, item.exp_id)
+        item.proposal.rejected = f"not run: {self.stop_reason or 'the run stopped'}"
+        self._record_rejected(item.proposal, item.parent, item.exp_id)
 
-    def duplicate_of(self, parent: str, source_hash: str) -> str | None:
+    def duplicate_of(self, parent: str, source_hash: str, exp_id: str = "") -> str | None:
         """The id of an experiment that already ran the same normalised source on parent,
-        or is running it now."""
+        runs it now, or waits to (exp_id: the asking one's own, not a twin)."""
         for row in self.results.rows():
             if row.get("source_hash") == source_hash and row["parent"] == parent[:7]:
                 if row["status"] != "rejected":
@@ -479,34 +492,52 @@ class Research:
             if flight.spec["parent"] == parent and flight.kind == "candidate":
                 if flight.source_hash == source_hash:
                     return flight.id
+        for item in self.ready:
+            if item.exp_id and item.exp_id != exp_id and item.parent == parent:
+                if normalized_hash(item.proposal.source) == source_hash:
+                    return item.exp_id
         return None
 
     # ----- dispatch -----
+    def _commit(self, item: Ready) -> Ready | None:
+        """Commit (and pin) a ready proposal on its parent, unless the same normalised
+        source already ran or runs there: then its row says so and None is returned."""
+        proposal = item.proposal
+        twin = self.duplicate_of(item.parent, normalized_hash(proposal.source), item.exp_id)
+        if twin is not None:
+            if item.exp_id:
+                self.git.unpin(self.tag, item.exp_id)
+            proposal.rejected = (
+                f"duplicate of {twin}: the same normalised source on the same parent"
+            )
+            self._record_rejected(proposal, item.parent, item.exp_id)
+            return None
+        item.exp_id = item.exp_id or self.new_id()
+        item.commit = self.git.commit_candidate(
+            self.tag,
+            item.exp_id,
+            item.parent,
+            proposal.source,
+            f"{item.exp_id}: {proposal.description}",
+        )
+        return item
+
     def _dispatch(self) -> None:
         while self.ready and len(self.flights) < self.capacity():
             item = self.ready.popleft()
-            proposal, parent = item.proposal, item.parent
-            if parent != self.frontier:
+            if item.parent != self.frontier:
                 # Written against an older frontier: carry its change over if it applies.
                 merged = self.git.merge3(
-                    self.git.read(parent), self.git.read(self.frontier), proposal.source
+                    self.git.read(item.parent), self.git.read(self.frontier), item.proposal.source
                 )
                 if merged is not None:
-                    proposal.source, parent = merged, self.frontier
-            source_hash = normalized_hash(proposal.source)
-            twin = self.duplicate_of(parent, source_hash)
-            if twin is not None:
-                proposal.rejected = (
-                    f"duplicate of {twin}: the same normalised source on the same parent"
-                )
-                self._record_rejected(proposal, parent)
+                    item.proposal.source, item.parent = merged, self.frontier
+                    if self._commit(item) is None:
+                        continue
+            if not item.commit and self._commit(item) is None:
                 continue
-            exp_id = self.new_id()
-            commit = self.git.commit_candidate(
-                self.tag, exp_id, parent, proposal.source, f"{exp_id}: {proposal.description}"
-            )
-            spec = self._spec(exp_id, commit, parent, proposal, self.seed)
-            self.flights[exp_id] = self._enqueue(exp_id, "candidate", spec, proposal)
+            spec = self._spec(item.exp_id, item.commit, item.parent, item.proposal, self.seed)
+            self.flights[item.exp_id] = self._enqueue(item.exp_id, "candidate", spec, item.proposal)
 
     def _spec(self, exp_id: str, commit: str, parent: str, proposal: Proposal, seed: int) -> dict:
         return contract.make_spec(
@@ -588,14 +619,16 @@ class Research:
             self.flights[exp_id] = self._enqueue(exp_id, kind, spec, proposal)
 
     # ----- results -----
-    def _poll(self) -> None:
-        # One round trip for every job's status; full results only for the finished ones.
+    def _poll(self) -> list[tuple[Flight, dict]]:
+        """Take the finished jobs out of flight (one round trip for every job's status;
+        full results only for the finished ones)."""
         flights = list(self.flights.values())
         with self.redis.pipeline(transaction=False) as pipe:
             for flight in flights:
                 pipe.hget(flight.job.key, "status")
             statuses = pipe.execute()
         now = time.monotonic()
+        done = []
         for flight, raw in zip(flights, statuses, strict=True):
             status = raw.decode() if isinstance(raw, bytes) else raw
             if status == JobStatus.STARTED.value and flight.started is None:
@@ -608,7 +641,8 @@ class Research:
             del self.flights[flight.id]
             if result.get("total_s"):
                 self._job_seconds = 0.7 * self._job_seconds + 0.3 * float(result["total_s"])
-            self._handle(flight, result)
+            done.append((flight, result))
+        return done
 
     def _finished(self, flight: Flight) -> dict | None:
         """The result of a job that ended (an infra_error result for a failed one), else None."""
@@ -622,8 +656,23 @@ class Research:
             return contract.make_result(flight.spec, "infra_error", error=error[:500])
         return None
 
+    def _refused(self, spec: dict, result: dict) -> dict:
+        """A scored result is taken only when it was scored by this harness on this data."""
+        if result["status"] != "ok":
+            return result
+        theirs = (result.get("harness_sha256"), result.get("fingerprint"))
+        if theirs == (self.harness_sha256, self.fingerprint):
+            return result
+        why = (
+            f"refused: scored by harness {str(theirs[0])[:12]} on data {theirs[1]}, "
+            f"expected harness {self.harness_sha256[:12]} on data {self.fingerprint}"
+        )
+        self.log.warning("result.refused", id=spec["id"], why=why, worker=result.get("worker"))
+        return contract.make_result(spec, "infra_error", error=why, worker=result.get("worker"))
+
     def _handle(self, flight: Flight, result: dict) -> None:
         spec = flight.spec
+        result = self._refused(spec, result)
         if flight.kind == "baseline":
             if result["status"] == "ok":
                 self._record_flight(flight, result, "keep")

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["HTTPErrorReply", "RawReply", "Reply", "ScriptedLLMServer"]
+__all__ = [
+    "HTTPErrorReply",
+    "RawReply",
+    "Reply",
+    "ScriptedLLMServer",
+    "SlowReply",
+    "TruncatedReply",
+]
 
 
 @dataclass
@@ -51,7 +58,22 @@ class RawReply:
     body: Any
 
 
-ScriptItem = str | Reply | HTTPErrorReply | RawReply
+@dataclass
+class TruncatedReply:
+    """A 200 whose JSON body is cut off halfway (a proxy or server that died mid-reply)."""
+
+    content: str = "DESCRIPTION: x"
+
+
+@dataclass
+class SlowReply:
+    """Another item, sent after a delay: an LLM slower than the client's timeout."""
+
+    seconds: float
+    item: Any = "DESCRIPTION: slow"
+
+
+ScriptItem = str | Reply | HTTPErrorReply | RawReply | TruncatedReply | SlowReply
 
 
 class ScriptedLLMServer:
@@ -111,7 +133,17 @@ class ScriptedLLMServer:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
                 item = server._next(body)
-                if isinstance(item, HTTPErrorReply):
+                if isinstance(item, SlowReply):
+                    time.sleep(item.seconds)  # the simulated model's latency
+                    item = item.item
+                if isinstance(item, TruncatedReply):
+                    data = json.dumps(_completion(Reply(item.content), "m")).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data) // 2))
+                    self.end_headers()
+                    self.wfile.write(data[: len(data) // 2])
+                elif isinstance(item, HTTPErrorReply):
                     error = {"message": item.message, "type": "scripted", "code": item.status}
                     self._send(item.status, {"error": error}, item.headers)
                 elif isinstance(item, RawReply):

@@ -10,7 +10,14 @@ import pytest
 
 from orchestrator.proposers.base import ProposalRequest
 from orchestrator.proposers.llm import LLMProposer, build_user_message
-from tests.llm_server import HTTPErrorReply, RawReply, Reply, ScriptedLLMServer
+from tests.llm_server import (
+    HTTPErrorReply,
+    RawReply,
+    Reply,
+    ScriptedLLMServer,
+    SlowReply,
+    TruncatedReply,
+)
 
 SOURCE = """\
 import torch
@@ -279,3 +286,18 @@ def test_usage_is_reported_on_rejection_too(server):
     assert proposal.usage["completion_tokens"] == 5
     assert proposal.usage["attempts"] == 2
     assert proposal.usage["cost_usd"] == pytest.approx((10 * 2.0 + 5 * 10.0) / 1e6)
+
+
+def test_truncated_json_is_a_rejection_not_an_exception(server):
+    server.add(TruncatedReply(), TruncatedReply())
+    proposal = make_proposer(server, max_retries=1).propose(request())
+    assert proposal.source == "" and proposal.rejected.startswith("llm error")
+
+
+def test_a_reply_slower_than_the_timeout_is_retried_then_rejected(server):
+    server.add(SlowReply(2.0), GOOD)
+    proposal = make_proposer(server, max_retries=1, timeout_s=0.5).propose(request())
+    assert proposal.rejected is None and "LR = 0.02" in proposal.source  # the retry got it
+    server.add(SlowReply(2.0), SlowReply(2.0))
+    proposal = make_proposer(server, max_retries=1, timeout_s=0.5).propose(request())
+    assert proposal.rejected is not None and "Timeout" in proposal.rejected

@@ -451,3 +451,19 @@ def test_orchestrator_killed_with_many_jobs_in_flight_loses_nothing(
     assert len(ids) == len(set(ids))  # nothing twice
     assert set(ids) >= in_flight  # nothing lost
     assert set(ids) == set(store.candidate_ids("k")) | {r[5] for r in rows if r[3] == "rejected"}
+
+
+def test_a_result_scored_by_another_harness_or_data_is_refused(make):
+    from worker import contract
+
+    r = make(ScriptedEdits([]), Policy())
+    spec = {"id": "0007"}
+    fine = contract.make_result(
+        spec, "ok", val_bpb=0.5, harness_sha256=r.harness_sha256, fingerprint=r.fingerprint
+    )
+    assert r._refused(spec, fine) is fine
+    for harness, data in (("0" * 64, r.fingerprint), (r.harness_sha256, "other-data")):
+        forged = {**fine, "harness_sha256": harness, "fingerprint": data}
+        refused = r._refused(spec, forged)
+        assert refused["status"] == "infra_error" and refused["val_bpb"] is None
+        assert refused["error"].startswith("refused: scored by harness")

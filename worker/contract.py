@@ -122,6 +122,9 @@ def make_result(spec: dict[str, Any], status: str, **fields: Any) -> dict[str, A
         "gpu": None,
         "log_tail": "",
         "error": None,
+        # Stamped by the scorer: the harness code and the data fingerprint it ran with.
+        "harness_sha256": None,
+        "fingerprint": None,
     }
     unknown = set(fields) - set(result)
     if unknown:

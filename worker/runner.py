@@ -257,6 +257,8 @@ _RESULT_KEYS = (
     "tokens",
     "steps",
     "params",
+    "harness_sha256",
+    "fingerprint",
 )
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.manifest import harness_digest
 from worker.runner import Emit, PhaseOutcome, Runner
 
 DEFAULT_NOISE = 0.002
@@ -71,4 +72,6 @@ class SimulatedRunner(Runner):
             "training_s": hold,
             "total_s": time.time() - started,
             "log_tail": f"val_bpb: {value:.6f}",
+            "harness_sha256": harness_digest(),
+            "fingerprint": spec["fingerprint"],
         }

@@ -99,6 +99,8 @@ class LLMProposer:
                 )
             except openai.OpenAIError as e:
                 return self._rejected(f"llm error: {_short_error(e)}", description, usage)
+            except ValueError as e:  # a 200 whose body is not JSON (cut off, or not an API)
+                return self._rejected(f"llm error: unreadable reply ({e})", description, usage)
             _add_usage(usage, response)
             reply = _reply_text(response)
             try:
