@@ -206,6 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-wall", dest="train_wall_s", type=float)
     p.add_argument("--eval-wall", dest="eval_wall_s", type=float)
 
+    p = sub.add_parser(
+        "verify", help="re-run a recorded experiment exactly (commit, seed, budget) and compare"
+    )
+    _add_common(p)
+    p.add_argument("id", help="the experiment id in results.tsv, e.g. 0012")
+    p.add_argument("--tag", help="run name (default: the most recent run)")
+    p.add_argument("--seed", type=int, help="another seed (default: the recorded one)")
+    p.add_argument("--gpu", type=int)
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _add_runner(p)
+
     p = sub.add_parser("status", help="best so far, the last rows, counts by status")
     p.add_argument("--tag", help="run name (default: the most recent run)")
     p.add_argument("--runs-dir", type=Path)
@@ -533,16 +544,96 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0 if result["status"] == "ok" else 1
 
 
+def _latest_tag(runs_dir: Path, tag: str | None) -> str:
+    if tag is not None:
+        return tag
+    found = sorted(runs_dir.glob(f"*/{defaults.RESULTS_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise st.SettingsError(f"tag: no runs under {runs_dir}")
+    return found[-1].parent.name
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-run one recorded experiment from its commit with its seed, budget and data
+    fingerprint, through the same runner and harness, and compare the two val_bpb."""
+    import tempfile
+
+    from harness import manifest as mf
+    from orchestrator import noise
+    from orchestrator.gitstore import GitStore
+    from orchestrator.results import ResultsFile
+    from worker import contract
+    from worker.jobs import make_runner
+    from worker.settings import WorkerSettings
+
+    s = _settings(args)
+    git = GitStore(s.repo, s.train_path)
+    runs_dir = s.runs_dir if s.runs_dir.is_absolute() else git.repo / s.runs_dir
+    tag = _latest_tag(runs_dir, args.tag)
+    rows = ResultsFile(runs_dir / tag / defaults.RESULTS_FILE).rows()
+    row = next((r for r in rows if r["id"] == args.id), None)
+    if row is None:
+        raise st.SettingsError(f"id: no experiment {args.id} in run {tag}")
+    decision = runs_dir / tag / args.id / "decision.json"
+    run = json.loads(decision.read_text()).get("run") if decision.is_file() else None
+    if not run:
+        raise st.SettingsError(f"id: {args.id} has no recorded run (rejected, or older format)")
+    log = logs.get()
+    s.profile = run["profile"]
+    profile, data_dir = _profile(s, log)
+    fingerprint = mf.load_manifest(data_dir)["fingerprint"]
+    if fingerprint != run["fingerprint"]:
+        return _die(f"data {fingerprint} differs from the run's {run['fingerprint']}", 1)
+    seed = run["seed"] if args.seed is None else args.seed
+    source = git.read(run["commit"])
+    spec = contract.make_spec(
+        id=f"verify-{args.id}",
+        tag=tag,
+        parent="",
+        commit=run["commit"],
+        source=source,
+        profile=profile.name,
+        fingerprint=fingerprint,
+        budget=run["budget"],
+        seed=seed,
+        description=f"verify {args.id}",
+    )
+    runner = make_runner(
+        WorkerSettings(data_dir=data_dir, runs_dir=runs_dir, runner=s.runner, gpu=s.gpu)
+    )
+    with tempfile.TemporaryDirectory(prefix="autoresearch-verify-") as tmp:
+        fields = runner.run(spec, Path(tmp), lambda phase, line: print(line, file=sys.stderr))
+    result = contract.make_result(spec, **fields)
+    recorded = float(row["val_bpb"] or 0) or None
+    sigma, dof = noise.pooled_sigma(rows)
+    diff = None if result["val_bpb"] is None or recorded is None else result["val_bpb"] - recorded
+    out = {
+        "id": args.id,
+        "tag": tag,
+        "commit": run["commit"][:12],
+        "seed": seed,
+        "recorded_status": row["status"],
+        "recorded_val_bpb": recorded,
+        "status": result["status"],
+        "val_bpb": result["val_bpb"],
+        "difference": diff,
+        "noise_sigma": sigma if dof else None,
+        "sigmas": None if diff is None or not dof or not sigma else diff / sigma,
+        "error": result["error"],
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for key, value in out.items():
+            print(f"{key:<18}{value}")
+    return 0 if result["status"] == "ok" else 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from orchestrator.results import ResultsFile, best_kept, counts
 
     runs_dir = args.runs_dir or Path(os.environ.get("AUTORESEARCH_RUNS_DIR", "workspace/runs"))
-    tag = args.tag
-    if tag is None:
-        found = sorted(runs_dir.glob(f"*/{defaults.RESULTS_FILE}"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            return _die(f"no runs under {runs_dir}", 2)
-        tag = found[-1].parent.name
+    tag = _latest_tag(runs_dir, args.tag)
     results = ResultsFile(runs_dir / tag / defaults.RESULTS_FILE)
     rows = results.rows()
     if not rows:
@@ -569,6 +660,7 @@ COMMANDS = {
     "worker": cmd_worker,
     "evaluate": cmd_evaluate,
     "status": cmd_status,
+    "verify": cmd_verify,
 }
 
 

@@ -44,3 +44,7 @@ NOISE_Z = 2.0
 CONFIRM = True
 # Redis unreachable: the loop retries with backoff up to this many seconds apart.
 REDIS_BACKOFF_MAX_S = 5.0
+# A gain this many times larger than any earlier keep's (and the margin), or one made with
+# less than this fraction of the frontier's training tokens, is flagged and re-run.
+SUSPICIOUS_GAIN_FACTOR = 10.0
+SUSPICIOUS_TOKEN_FRACTION = 0.5

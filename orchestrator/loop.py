@@ -113,6 +113,7 @@ class Flight:
     of: str = ""  # a confirmation: the candidate's id
     source_hash: str = ""  # normalised, for the near-duplicate check
     started: float | None = None  # when the loop first saw it running (monotonic)
+    flag: str = ""  # why its gain looks suspicious, if it does
 
     def __post_init__(self) -> None:
         self.source_hash = self.source_hash or normalized_hash(self.spec["source"])
@@ -719,10 +720,30 @@ class Research:
         if gain <= margin:
             note = f"gain {gain:+.6f} not above the margin {margin:.6f}"
             self._record_flight(flight, result, "discard", note)
-        elif self.policy.confirm:
+            return
+        flight.flag = self._suspicious(result, gain, margin)
+        if flight.flag:
+            self.log.warning("suspicious", id=flight.id, why=flight.flag)
+        if self.policy.confirm or flight.flag:  # a suspicious jump is re-run in any case
             self._launch_confirm(flight, result)
         else:
             self._keep(flight, result)
+
+    def _suspicious(self, result: dict, gain: float, margin: float) -> str:
+        """Why a gain looks too good to be true, or "": far above every earlier keep's
+        gain, or made with far fewer training tokens than the frontier."""
+        rows = self.results.rows()
+        kept = [float(r["val_bpb"]) for r in rows if r["status"] == "keep"]
+        biggest = max((a - b for a, b in zip(kept, kept[1:], strict=False)), default=0.0)
+        if len(kept) > 1 and gain > defaults.SUSPICIOUS_GAIN_FACTOR * max(biggest, margin):
+            return f"suspicious: gain {gain:.4f} is over {defaults.SUSPICIOUS_GAIN_FACTOR}x any before ({biggest:.4f})"
+        frontier = [r for r in rows if r["commit"] == self.frontier[:7] and r["status"] == "keep"]
+        theirs, ours = result.get("tokens"), frontier[-1].get("tokens") if frontier else None
+        if theirs and ours and float(theirs) < defaults.SUSPICIOUS_TOKEN_FRACTION * float(ours):
+            return (
+                f"suspicious: trained on {int(theirs)} tokens, the frontier on {int(float(ours))}"
+            )
+        return ""
 
     def _launch_confirm(self, flight: Flight, result: dict) -> None:
         """Re-run a would-be keep with another seed, on another worker when there is one."""
@@ -773,16 +794,21 @@ class Research:
         assert self.best is not None
         gain, margin = self.best - mean, self.margin()
         if gain > margin:
-            self._keep(flight, first, confirm=(confirm, result))
+            self._keep(flight, first, confirm=(confirm, result), note=flight.flag or None)
         else:
             note = f"not confirmed: re-run {values[1]:.6f}, mean gain {gain:+.6f} <= {margin:.6f}"
+            note = f"{flight.flag}; {note}" if flight.flag else note
             self._record_flight(flight, first, "discard", note)
             self._record_flight(confirm, result, "confirm")
 
     def _keep(
-        self, flight: Flight, result: dict, confirm: tuple[Flight, dict] | None = None
+        self,
+        flight: Flight,
+        result: dict,
+        confirm: tuple[Flight, dict] | None = None,
+        note: str | None = None,
     ) -> None:
-        self._record_flight(flight, result, "keep")
+        self._record_flight(flight, result, "keep", note)
         if confirm is not None:
             self._record_flight(*confirm, "confirm")
         self.best = noise.commit_value(self.results.rows(), self.frontier)
@@ -920,6 +946,7 @@ class Research:
             decision,
             flight.proposal,
             note,
+            run={k: spec[k] for k in ("seed", "budget", "profile", "fingerprint", "commit")},
         )
 
     def record(
@@ -932,7 +959,9 @@ class Research:
         decision: str,
         proposal: Proposal,
         note: str | None = None,
+        run: dict | None = None,
     ) -> None:
+        """run: what re-runs it exactly (seed, budget, profile, fingerprint, commit)."""
         usage = proposal.usage or {}
         mem = result.get("peak_memory_mb")
         row = {
@@ -957,6 +986,7 @@ class Research:
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             # What ran, for near-duplicate checks (a rejected candidate did not run).
             "source_hash": normalized_hash(proposal.source) if decision != "rejected" else "",
+            "seed": run["seed"] if run else None,
         }
         folder = self.folder / exp_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -970,7 +1000,14 @@ class Research:
                 self.frontier = commit
             (folder / "decision.json").write_text(
                 json.dumps(
-                    {"decision": decision, "note": note, "result": result, "usage": usage},
+                    {
+                        "decision": decision,
+                        "note": note,
+                        "run": run,
+                        "harness_sha256": self.harness_sha256,
+                        "result": result,
+                        "usage": usage,
+                    },
                     indent=2,
                     default=str,
                 )

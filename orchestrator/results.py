@@ -32,6 +32,7 @@ COLUMNS = (
     "error",
     "time",
     "source_hash",
+    "seed",
 )
 # Status of a row: the decision for a scored candidate, else what stopped it.
 ROW_STATUSES = (

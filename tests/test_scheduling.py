@@ -467,3 +467,74 @@ def test_a_result_scored_by_another_harness_or_data_is_refused(make):
         refused = r._refused(spec, forged)
         assert refused["status"] == "infra_error" and refused["val_bpb"] is None
         assert refused["error"].startswith("refused: scored by harness")
+
+
+def test_verify_reruns_a_recorded_experiment_exactly(sim_repo, data_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import clean_env
+
+    source = SIM_TRAIN.replace("SIM_NOISE = 0.0005", "SIM_NOISE = 0.0005\nSIM_HOLD_S = 0.3")
+    (sim_repo / "workspace" / "train.py").write_text(source)
+    git(sim_repo, "commit", "-qam", "hold 0.3 s")
+    env = clean_env(AUTORESEARCH_DATA_DIR=str(data_dir))
+    common = ["--runner", "simulate", "--profile", "cpu", "--runs-dir", str(tmp_path / "runs")]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *args, *common],
+            cwd=sim_repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    run = cli(
+        "run",
+        "--tag",
+        "v",
+        "--max-experiments",
+        "2",
+        "--proposer",
+        "mutate",
+        "--noise-runs",
+        "1",
+        "--no-confirm",
+        "--train-wall",
+        "5",
+        "--eval-wall",
+        "5",
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    verify = cli("verify", "0001", "--tag", "v", "--json")
+    assert verify.returncode == 0, verify.stderr[-2000:]
+    import json
+
+    out = json.loads(verify.stdout)
+    assert out["status"] == "ok" and out["seed"] == 0
+    assert out["difference"] == pytest.approx(0.0, abs=2e-6)  # same source, same seed
+    other = json.loads(cli("verify", "0001", "--tag", "v", "--json", "--seed", "5").stdout)
+    assert other["difference"] != pytest.approx(0.0, abs=2e-6)  # another seed, other noise
+    missing = cli("verify", "0999", "--tag", "v")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1] == (
+        "autoresearch: error: id: no experiment 0999 in run v"
+    )
+
+
+def test_a_suspicious_jump_is_flagged_and_confirmed_even_with_confirmation_off(make, pool):
+    pool(2)
+    edits = [
+        ("SIM_DELTA_B = 0.0", "SIM_DELTA_B = -0.01"),
+        ("SIM_DELTA_A = 0.0", "SIM_DELTA_A = -0.5"),
+    ]
+    r = make(ScriptedEdits(edits), Policy(noise_runs=1, confirm=False))
+    baseline_runs(r)
+    r.step()
+    assert [row["status"] for row in r.results.rows()] == ["keep", "keep"]  # no re-run
+    r.step()
+    candidate, confirm = r.results.rows()[-2:]
+    assert candidate["status"] == "keep" and candidate["error"].startswith("suspicious: gain")
+    assert confirm["status"] == "confirm" and confirm["commit"] == candidate["commit"]
