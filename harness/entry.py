@@ -230,6 +230,18 @@ class ModelServer:
             return _from_cuda_ipc(json.loads(body), (batch, seq, self.vocab), want)
         raise BadLogits(f"model server replied {kind!r}")
 
+    def shares_cuda(self) -> bool:
+        """Whether a CUDA tensor of the model server opens here (one small probe)."""
+        try:
+            kind, body = self._call(b"PRBE", b"")
+            if kind != b"CUDA":
+                return False
+            probe = _from_cuda_ipc(json.loads(body), (1, 1, 4), 4)
+            return probe.flatten().tolist() == [1.0, 2.0, 3.0, 4.0]
+        except Exception as exc:  # noqa: BLE001 - any failure means: no IPC
+            print(f"harness: CUDA IPC probe failed: {type(exc).__name__}: {exc}", flush=True)
+            return False
+
     def close(self) -> None:
         try:
             self.cmd.close()
@@ -271,8 +283,9 @@ def run_eval(args: argparse.Namespace, manifest: dict, server: ModelServer) -> i
     import secrets
 
     import numpy as np
+    import torch
 
-    from harness.evaluate import evaluate_bpb, validation_rows
+    from harness.evaluate import evaluate_bpb, model_forward, validation_rows
 
     started = args.started_at
     device = _device()
@@ -297,8 +310,22 @@ def run_eval(args: argparse.Namespace, manifest: dict, server: ModelServer) -> i
     )
     token_bytes = np.load(data / manifest["tokenizer"]["token_bytes"])
     batches = -(-len(rows) // profile["eval_batch_size"])
+    forward = server.forward
+    if device.type == "cuda" and not server.shares_cuda():
+        # Safety net: without CUDA IPC the logits cannot leave the model server fast
+        # enough, so this experiment is scored the old way, with the candidate's code in
+        # the scorer's process, and says so.
+        print(
+            "harness: CUDA IPC unavailable: scoring in-process, without the model server's "
+            "isolation",
+            flush=True,
+        )
+        server.close()
+        model = _build(_load_candidate(Path(args.candidate)), _eval_context(manifest, device, args))
+        model.load_state_dict(torch.load(scratch / WEIGHTS, map_location=device, weights_only=True))
+        forward = model_forward(model, device)
     scores = evaluate_bpb(
-        server.forward,
+        forward,
         rows,
         token_bytes,
         vocab_size=vocab,
@@ -316,6 +343,20 @@ def run_eval(args: argparse.Namespace, manifest: dict, server: ModelServer) -> i
     print(summary_block(result), flush=True)
     print(sign_result(result, args.result_key), flush=True)
     return codes.OK
+
+
+def _eval_context(manifest: dict, device, args: argparse.Namespace):
+    from harness.context import Context
+
+    profile = manifest["profile"]
+    return Context(
+        vocab_size=manifest["tokenizer"]["vocab_size"],
+        seq_len=profile["seq_len"],
+        device=device,
+        profile=profile["name"],
+        seed=args.seed,
+        deadline=time.time(),
+    )
 
 
 def sign_result(result: dict, key: str) -> str:

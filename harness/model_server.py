@@ -40,6 +40,7 @@ def serve(cmd, reply) -> None:
 
     from harness.context import Context
     from harness.entry import _build, _load_candidate
+    from harness.evaluate import check_logits
 
     model = None
     device = None
@@ -76,20 +77,15 @@ def serve(cmd, reply) -> None:
                 ids = torch.frombuffer(bytearray(payload[SHAPE.size :]), dtype=torch.int64)
                 x = ids.view(batch, seq).to(device)
                 with torch.no_grad(), _autocast(device):
-                    logits = model(x)
-                if not isinstance(logits, torch.Tensor):
-                    raise TypeError(f"forward returned {type(logits).__name__}, not a Tensor")
-                if tuple(logits.shape) != (batch, seq, vocab):
-                    raise TypeError(
-                        f"logits have shape {tuple(logits.shape)}, expected {(batch, seq, vocab)}"
-                    )
-                if not logits.is_floating_point():
-                    raise TypeError(f"logits have dtype {logits.dtype}, expected a floating dtype")
+                    logits = check_logits(model(x), batch, seq, vocab)
                 last = logits.detach().float().contiguous()
                 if device.type == "cuda":
                     channel.send(reply, b"CUDA", json.dumps(_share_cuda(last)).encode())
                 else:
                     channel.send(reply, b"LOGI", last.numpy().tobytes())
+            elif kind == b"PRBE":  # can the scorer open our CUDA memory?
+                last = torch.arange(1, 5, dtype=torch.float32, device=device).view(1, 1, 4)
+                channel.send(reply, b"CUDA", json.dumps(_share_cuda(last)).encode())
             else:
                 raise ValueError(f"unknown command {kind!r}")
         except BaseException as exc:  # noqa: BLE001 - every failure is reported, then we go on

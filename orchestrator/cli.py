@@ -27,6 +27,8 @@ examples:
   REDIS_URL=... AUTORESEARCH_GPUS=8 autoresearch worker --runner docker --gpu auto
   autoresearch evaluate workspace/train.py --json
   autoresearch status --tag nov28
+  autoresearch verify 0012 --tag nov28     # re-run a recorded experiment, compare
+  autoresearch run --tag dry --runner simulate --local-workers 8   # the scheduler, no GPU
 """
 
 

@@ -68,6 +68,9 @@ def test_normal_candidate_scores_and_leaves_no_container(client, image, data_dir
     assert result["val_bpb"] > 0 and result["tokens"] > 0
     assert any(line.startswith("val_bpb:") for line in lines)
     assert ours(client) == []
+    # What re-runs it exactly: the image by content, the harness and the data it ran with.
+    assert result["image"] == client.images.get(image).id and result["image"].startswith("sha256:")
+    assert len(result["harness_sha256"]) == 64 and result["fingerprint"]
 
 
 PROBES = """

@@ -125,6 +125,7 @@ def make_result(spec: dict[str, Any], status: str, **fields: Any) -> dict[str, A
         # Stamped by the scorer: the harness code and the data fingerprint it ran with.
         "harness_sha256": None,
         "fingerprint": None,
+        "image": None,  # the docker runner's image id (sha256:...), None for processes
     }
     unknown = set(fields) - set(result)
     if unknown:

@@ -96,6 +96,14 @@ class DockerRunner(Runner):
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise InfraError(f"docker engine unreachable: {exc}") from None
 
+    def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
+        fields = super().run(spec, workdir, emit)
+        try:  # what re-runs it exactly: the image by content, not by tag
+            fields["image"] = self.client.images.get(self.image).id
+        except (docker.errors.DockerException, requests.RequestException):
+            fields["image"] = self.image
+        return fields
+
     # Paths as the phase sees them inside its container.
     def candidate_path(self) -> str:
         return IN_CANDIDATE
