@@ -231,12 +231,14 @@ CASES: dict[str, tuple[str, set[str], str | None]] = {
         patched(
             "", "import sys\nfor _ in range(300_000):\n    print('x' * 200)\n_train(model, ctx)\n"
         ),
-        {"ok", "timeout"},
+        {"ok", "overtime", "timeout"},  # printing 60 MB takes time from training
         None,
     ),
     "allocates without bound": (
         patched("", "hog = []\nwhile True:\n    hog.append(bytearray(256 * 2**20))\n"),
-        {"oom", "crash"},
+        # oom at the cap; on a loaded host the container's memory reclaim can stall it
+        # until the wall instead
+        {"oom", "crash", "timeout"},
         None,
     ),
     "fills the scratch disk": (

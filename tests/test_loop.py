@@ -25,9 +25,10 @@ from worker import contract
 from worker.settings import WorkerSettings
 
 FAST = ["--train-wall", "6", "--eval-wall", "20"]
-# One baseline run and no confirmation re-runs: these tests are about the loop's trail,
-# not the noise rule (tests/test_scheduling.py covers that, on simulated workers).
-RUN_FAST = [*FAST, "--noise-runs", "1", "--no-confirm"]
+# One experiment at a time, one baseline run, no confirmation re-runs: these tests are
+# about the loop's trail, not the schedule or the noise rule (tests/test_scheduling.py
+# covers those, on simulated workers).
+RUN_FAST = [*FAST, "--noise-runs", "1", "--no-confirm", "--sequential"]
 
 
 def cli(
@@ -211,12 +212,17 @@ def test_ctrl_c_leaves_branch_and_results_consistent(repo, data_dir):
 
     env = clean_env(AUTORESEARCH_DATA_DIR=str(data_dir))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "run", "--tag", "intr", "--train-wall", "30"],
+        [
+            *(sys.executable, "-m", "orchestrator.cli", "run", "--tag", "intr"),
+            *("--train-wall", "30", "--noise-runs", "1", "--no-confirm"),
+        ],
         cwd=repo,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job inherits SIGINT ignored; Ctrl-C is what is tested here.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     runs = repo / "workspace/runs/intr"
     try:
