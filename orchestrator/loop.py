@@ -129,7 +129,6 @@ class Ready:
     commit: str = ""
 
 
-JOB_KINDS = ("baseline", "noise", "candidate", "confirm")
 DONE = {
     s.value for s in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 }
@@ -636,7 +635,7 @@ class Research:
                 flight.started = now
             if status not in DONE:
                 continue
-            result = self._finished(flight)
+            result = self._finished(flight, JobStatus(status))
             if result is None:
                 continue
             del self.flights[flight.id]
@@ -645,13 +644,14 @@ class Research:
             done.append((flight, result))
         return done
 
-    def _finished(self, flight: Flight) -> dict | None:
-        """The result of a job that ended (an infra_error result for a failed one), else None."""
+    def _finished(self, flight: Flight, status: JobStatus | None = None) -> dict | None:
+        """The result of a job that ended (an infra_error result for a failed one), else None.
+        status: already read (the batched poll), so not asked again."""
         job = flight.job
-        status = job.get_status(refresh=True)
+        status = status or job.get_status(refresh=True)
         if status == JobStatus.FINISHED:
             return job.return_value(refresh=True)
-        if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+        if status.value in DONE:
             job.refresh()
             error = (job.exc_info or f"job {status.value}").strip().splitlines()[-1]
             return contract.make_result(flight.spec, "infra_error", error=error[:500])
