@@ -127,6 +127,7 @@ class Ready:
     parent: str  # the frontier it was written against
     exp_id: str = ""  # set once committed (ahead of dispatch, off its critical path)
     commit: str = ""
+    source_hash: str = ""  # normalised, set once committed
 
 
 DONE = {
@@ -494,7 +495,7 @@ class Research:
                     return flight.id
         for item in self.ready:
             if item.exp_id and item.exp_id != exp_id and item.parent == parent:
-                if normalized_hash(item.proposal.source) == source_hash:
+                if item.source_hash == source_hash:
                     return item.exp_id
         return None
 
@@ -503,7 +504,8 @@ class Research:
         """Commit (and pin) a ready proposal on its parent, unless the same normalised
         source already ran or runs there: then its row says so and None is returned."""
         proposal = item.proposal
-        twin = self.duplicate_of(item.parent, normalized_hash(proposal.source), item.exp_id)
+        source_hash = normalized_hash(proposal.source)
+        twin = self.duplicate_of(item.parent, source_hash, item.exp_id)
         if twin is not None:
             if item.exp_id:
                 self.git.unpin(self.tag, item.exp_id)
@@ -513,6 +515,7 @@ class Research:
             self._record_rejected(proposal, item.parent, item.exp_id)
             return None
         item.exp_id = item.exp_id or self.new_id()
+        item.source_hash = source_hash
         item.commit = self.git.commit_candidate(
             self.tag,
             item.exp_id,
