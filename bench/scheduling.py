@@ -45,7 +45,7 @@ baseline job's end, the moment the loop stops dispatching]:
 - experiments: every job the configuration ran (all of its runs, the drain included).
 
 Policies: the parallel loop is Policy() with the defaults (noise_runs 3, confirmation on,
-look-ahead 1; --lookahead changes it) except llm_concurrency = max(8, ceil(2 x W x
+look-ahead auto: one per 4 workers; --lookahead N changes it) except llm_concurrency = max(8, ceil(2 x W x
 latency / budget) + W) (column `llm conc.`), enough proposals in flight for the first
 round and for the steady state; the sequential baseline is Policy(sequential=True) on the
 same W workers (the baseline's noise runs go out together, then one experiment at a
@@ -53,7 +53,7 @@ time), so its busy fraction is at most 1 / W. Target: busy >= 0.97 at W = 64 wit
 LLM latency.
 
     python bench/scheduling.py [--workers 1,4,16,64] [--latency 0,30] [--loops parallel,sequential]
-                               [--scale 0.02] [--rounds 3] [--lookahead 1]
+                               [--scale 0.02] [--rounds 3] [--lookahead auto]
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ from orchestrator.loop import Limits, Policy, Research  # noqa: E402
 from orchestrator.proposers.base import Proposal, ProposalRequest  # noqa: E402
 from orchestrator.proposers.mutate import MutateProposer  # noqa: E402
 from orchestrator.redis_server import PrivateRedis, connect  # noqa: E402
+from orchestrator.settings import parse_lookahead  # noqa: E402
 from orchestrator.validate import validate_candidate  # noqa: E402
 from worker.settings import WorkerSettings, default_data_root  # noqa: E402
 
@@ -204,7 +205,8 @@ def run_config(
         concurrency = args.llm_concurrency or max(
             defaults.LLM_CONCURRENCY, math.ceil(2 * workers * latency / REAL_BUDGET_S) + workers
         )
-        policy = Policy(llm_concurrency=concurrency, lookahead=args.lookahead)
+        lookahead = None if args.lookahead == "auto" else args.lookahead
+        policy = Policy(llm_concurrency=concurrency, lookahead=lookahead)
     with PrivateRedis() as server:
         redis = connect(server.url)
         pool = LocalWorkers(
@@ -340,7 +342,9 @@ def main() -> int:
     parser.add_argument(
         "--llm-concurrency", type=int, default=None, help="default: max(8, ceil(2WL/B) + W)"
     )
-    parser.add_argument("--lookahead", type=int, default=defaults.LOOKAHEAD)
+    parser.add_argument(
+        "--lookahead", type=parse_lookahead, default="auto", help="N, or auto (the default)"
+    )
     parser.add_argument("--data-dir", type=Path, default=default_data_root() / "cpu")
     args = parser.parse_args()
     try:

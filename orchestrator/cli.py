@@ -44,6 +44,13 @@ def _gpu_arg(value: str) -> int | str | None:
         raise argparse.ArgumentTypeError("must be a GPU index (0 or more) or auto") from None
 
 
+def _lookahead_arg(value: str) -> int | str:
+    try:
+        return st.parse_lookahead(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be 0 or more, or auto") from None
+
+
 def _add_runner(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--runner",
@@ -146,8 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("scheduling")
     g.add_argument(
         "--lookahead",
-        type=int,
-        help=f"jobs queued beyond one per live worker (default {defaults.LOOKAHEAD})",
+        type=_lookahead_arg,
+        metavar="N|auto",
+        help="jobs queued beyond one per live worker (default auto: one per "
+        f"{defaults.LOOKAHEAD_WORKERS} live workers, at least {defaults.LOOKAHEAD_MIN})",
     )
     g.add_argument("--max-in-flight", type=int, help="cap on jobs queued or running (default none)")
     g.add_argument(
@@ -347,7 +356,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             runs_dir=runs_dir,
             seed=s.seed,
             policy=Policy(
-                lookahead=s.lookahead,
+                lookahead=None if s.lookahead == "auto" else int(s.lookahead),
                 max_in_flight=s.max_in_flight,
                 llm_concurrency=s.llm_concurrency,
                 llm_rate_per_min=s.llm_rate_per_min,

@@ -28,9 +28,12 @@ BASELINE_ATTEMPTS = 2
 # How often an awaiting loop asks RQ to sweep jobs abandoned by dead workers.
 ABANDONED_SWEEP_S = 5.0
 # Scheduling: jobs kept queued beyond one per live worker, so a worker that finishes
-# dequeues its next candidate at once; LLM calls in flight at most; how often the live
-# workers are counted.
-LOOKAHEAD = 1
+# dequeues its next candidate at once. By default one per LOOKAHEAD_WORKERS live workers
+# (at least LOOKAHEAD_MIN): many workers finishing together drain a short queue while
+# the loop is still recording their results (bench/README.md measures it). Then: LLM calls
+# in flight at most; how often the live workers are counted.
+LOOKAHEAD_MIN = 1
+LOOKAHEAD_WORKERS = 4
 LLM_CONCURRENCY = 8
 WORKER_REFRESH_S = 1.0
 # Longest a loop turn spends validating and committing new proposals.

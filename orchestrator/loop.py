@@ -17,6 +17,7 @@ leaves a half row or a keep without its row.
 from __future__ import annotations
 
 import json
+import math
 import queue as queuelib
 import random
 import signal
@@ -77,6 +78,13 @@ def deferred_sigint() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
+def lookahead_for(workers: int, lookahead: int | None) -> int:
+    """The look-ahead to use: as set, or one job per LOOKAHEAD_WORKERS live workers."""
+    if lookahead is not None:
+        return lookahead
+    return max(defaults.LOOKAHEAD_MIN, math.ceil(workers / defaults.LOOKAHEAD_WORKERS))
+
+
 @dataclass
 class Limits:
     max_experiments: int | None = None  # candidates proposed this session
@@ -88,7 +96,7 @@ class Limits:
 class Policy:
     """How candidates are scheduled and judged; the README explains each trade-off."""
 
-    lookahead: int = defaults.LOOKAHEAD  # jobs queued beyond one per live worker
+    lookahead: int | None = None  # jobs queued beyond one per live worker (None: auto)
     max_in_flight: int | None = None  # cap on jobs queued or running (None: no cap)
     llm_concurrency: int = defaults.LLM_CONCURRENCY  # proposals being made at once
     llm_rate_per_min: float | None = None  # proposals started per minute (None: no cap)
@@ -377,7 +385,8 @@ class Research:
         """Jobs to keep queued or running: one per live worker plus the look-ahead."""
         if self.policy.sequential:
             return 1
-        cap = max(1, len(self.workers)) + self.policy.lookahead
+        workers = max(1, len(self.workers))
+        cap = workers + lookahead_for(workers, self.policy.lookahead)
         return min(cap, self.policy.max_in_flight or cap)
 
     # ----- proposals -----

@@ -63,7 +63,7 @@ class Settings:
     noise_every: int = defaults.NOISE_EVERY_KEEPS
     noise_z: float = defaults.NOISE_Z
     confirm: bool = defaults.CONFIRM
-    lookahead: int = defaults.LOOKAHEAD
+    lookahead: int | str = "auto"  # "auto": one per LOOKAHEAD_WORKERS live workers
     max_in_flight: int | None = None
     llm_concurrency: int = defaults.LLM_CONCURRENCY
     llm_rate_per_min: float | None = None
@@ -126,6 +126,16 @@ def _bool(v: str) -> bool:
     raise ValueError("must be true or false (1/0, yes/no, on/off)")
 
 
+def parse_lookahead(v: str) -> int | str:
+    """A number of jobs, or "auto": one per defaults.LOOKAHEAD_WORKERS live workers."""
+    if v in ("", "auto"):
+        return "auto"
+    value = int(v)
+    if value < 0:
+        raise ValueError("must be 0 or more, or auto")
+    return value
+
+
 def parse_gpu(v: str) -> int | str | None:
     """A GPU index, or "auto"."""
     if v == "":
@@ -172,7 +182,7 @@ ENV: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "noise_every": (("AUTORESEARCH_NOISE_EVERY",), _int),
     "noise_z": (("AUTORESEARCH_NOISE_Z",), _float),
     "confirm": (("AUTORESEARCH_CONFIRM",), _bool),
-    "lookahead": (("AUTORESEARCH_LOOKAHEAD",), _int),
+    "lookahead": (("AUTORESEARCH_LOOKAHEAD",), parse_lookahead),
     "max_in_flight": (("AUTORESEARCH_MAX_IN_FLIGHT",), _opt_int),
     "llm_concurrency": (("AUTORESEARCH_LLM_CONCURRENCY",), _int),
     "llm_rate_per_min": (("AUTORESEARCH_LLM_RATE_PER_MIN",), _opt_float),
@@ -253,8 +263,8 @@ def check(s: Settings) -> None:
         value = getattr(s, name)
         if value is not None and value < 1:
             raise bad(name, "must be 1 or more")
-    if s.lookahead < 0:
-        raise bad("lookahead", "must be 0 or more")
+    if s.lookahead != "auto" and not (isinstance(s.lookahead, int) and s.lookahead >= 0):
+        raise bad("lookahead", "must be 0 or more, or auto")
     if s.llm_rate_per_min is not None and not s.llm_rate_per_min > 0:
         raise bad("llm_rate_per_min", "must be positive")
     if not 0 <= s.llm_temperature <= 2:

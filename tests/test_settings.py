@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.loop import lookahead_for
 from orchestrator.settings import ENV, SettingsError, load
 from tests.conftest import clean_env
 
@@ -162,6 +163,19 @@ def test_noise_and_scheduling_settings_from_env():
     assert (s.llm_concurrency, s.sequential) == (32, True)
     with pytest.raises(SettingsError, match="^AUTORESEARCH_CONFIRM='maybe': must be true or false"):
         load(env={"AUTORESEARCH_CONFIRM": "maybe"})
+
+
+def test_lookahead_is_auto_by_default_and_scales_with_the_workers():
+    assert load(env={}).lookahead == "auto"
+    assert load(env={"AUTORESEARCH_LOOKAHEAD": "auto"}).lookahead == "auto"
+    assert load(env={"AUTORESEARCH_LOOKAHEAD": "8"}, overrides={"lookahead": "auto"}).lookahead == (
+        "auto"
+    )
+    with pytest.raises(SettingsError, match="^AUTORESEARCH_LOOKAHEAD='-2': must be 0 or more"):
+        load(env={"AUTORESEARCH_LOOKAHEAD": "-2"})
+    # auto: one job per 4 live workers, at least one; a number is used as given
+    assert [lookahead_for(w, None) for w in (1, 4, 5, 16, 64)] == [1, 1, 2, 4, 16]
+    assert [lookahead_for(w, 0) for w in (1, 64)] == [0, 0]
 
 
 @pytest.mark.parametrize("tag", ["a/b", "../x", ".hidden", "-x", "has space", "x" * 65, "ü"])
