@@ -14,6 +14,10 @@ STATUS_BY_CODE = {OK: "ok", CRASH: "crash", OOM: "oom", NAN: "nan", OVERTIME: "o
 
 # Lines starting with this prefix carry live metrics from ctx.log() as one JSON object.
 METRICS_PREFIX = "@metrics "
+# The harness's own progress line (step, tokens/s, elapsed, time left, the candidate's last
+# logged loss) comes this often during training, whatever train.py logs: `status`, `logs -f`
+# and the dashboard show it. Informational only: it runs in the candidate's process.
+PROGRESS_EVERY_S = 1.0
 
 # Lines of the candidate's code that could pass for the harness's are marked with this.
 CANDIDATE_MARK = "[train.py] "

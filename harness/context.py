@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.codes import METRICS_PREFIX
+from harness.codes import METRICS_PREFIX, PROGRESS_EVERY_S
 from harness.data import TokenShards
 from harness.data import batches as row_batches
 
@@ -53,6 +53,8 @@ class Context:
         self.tokens = 0
         self.steps = 0
         self.stopped_by_deadline = False
+        self.last_logged: dict[str, object] = {}  # the candidate's last ctx.log() fields
+        self._progress_at: tuple[float, int] | None = None  # (time, tokens) of the last line
 
     def progress(self) -> float:
         """Fraction of the training budget used, 0 at the call of train(), 1 at the deadline."""
@@ -71,7 +73,34 @@ class Context:
             clean[str(key)] = value
         clean["progress"] = round(self.progress(), 4)
         clean["remaining_s"] = round(max(self.deadline - time.time(), 0.0), 1)
+        self.last_logged = clean
         print(METRICS_PREFIX + json.dumps(clean, default=str), flush=True)
+
+    def _heartbeat(self, now: float) -> None:
+        """The harness's progress line, every PROGRESS_EVERY_S: its own counts (batches,
+        tokens, tokens/s since the last line, elapsed, time left) and the step and loss the
+        candidate last logged, if it logged any."""
+        if self._progress_at is None:
+            self._progress_at = (now, self.tokens)
+            return
+        then, tokens = self._progress_at
+        if now - then < PROGRESS_EVERY_S:
+            return
+        self._progress_at = (now, self.tokens)
+        start = self.train_started or now
+        line: dict[str, object] = {
+            "source": "harness",
+            "batches": self.steps,
+            "tokens": self.tokens,
+            "tok_per_s": round((self.tokens - tokens) / max(now - then, 1e-9)),
+            "elapsed_s": round(now - start, 1),
+            "remaining_s": round(max(self.deadline - now, 0.0), 1),
+            "progress": round(self.progress(), 4),
+        }
+        for key in ("step", "loss"):
+            if key in self.last_logged:
+                line[key] = self.last_logged[key]
+        print(METRICS_PREFIX + json.dumps(line, default=str), flush=True)
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x, y) LongTensors [batch_size, seq_len] on the device until the deadline passes."""
@@ -92,6 +121,7 @@ class Context:
                 self.first_batch_at = now
             elif self.second_batch_at is None:
                 self.second_batch_at = now
+            self._heartbeat(now)
             xt, yt = (
                 torch.from_numpy(np.ascontiguousarray(x)),
                 torch.from_numpy(np.ascontiguousarray(y)),

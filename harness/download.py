@@ -5,7 +5,7 @@ links that drop, and its output is fingerprinted into every result. So each shar
 with retries, resumed from its ``.part`` file, renamed into place only when complete, and
 pinned by its sha256 in ``checksums.json``: a rerun fetches nothing it already has, repairs
 what got corrupted, and refuses a source that silently changed. Stdlib HTTP only (urllib),
-so the harness gains no dependency.
+so the harness gains no dependency. On a terminal one bar shows the bytes of all shards.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness import bars
+
 DEFAULT_URL_PATTERN = (
     "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main/"
     "shard_{i:05d}.parquet"
@@ -45,6 +47,47 @@ class DownloadError(RuntimeError):
 
 class _Retryable(Exception):
     """A failure that another attempt may cure: network, timeout, 5xx, 429, short body."""
+
+
+class _Progress:
+    """One bar in bytes for all the shards of a call, fed from the download threads.
+
+    One bar, not one per shard: up to ``workers`` shards arrive at once, and a stack of
+    bars that come and go reads worse than one total with a count of files done. Per shard
+    it keeps the bytes received in this call and what the latest response said is still to
+    come. The total is their sum, set once every shard has answered with a Content-Length
+    (until then the bar shows bytes and rate: a total that grew as shards started would
+    make the percentage lie). Retries keep it exact: a resumed response expects the rest,
+    a restarted one the whole file again on top of what was already received.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._lock = threading.Lock()
+        self._received = dict.fromkeys(names, 0)
+        self._expected: dict[str, int | None] = {}
+        self._done = 0
+        self.bar = bars.bar("downloading", "B", unit_scale=True)
+        self.bar.set_postfix_str(f"0/{len(names)} files")
+
+    def response(self, name: str, remaining: int | None) -> None:
+        """A response for ``name`` started: ``remaining`` bytes follow (None: unknown)."""
+        with self._lock:
+            self._expected[name] = None if remaining is None else self._received[name] + remaining
+            known = self._expected.values()
+            if len(self._expected) == len(self._received) and None not in known:
+                self.bar.total = sum(v for v in known if v is not None)
+                self.bar.refresh()
+
+    def received(self, name: str, n: int) -> None:
+        with self._lock:
+            self._received[name] += n
+            self.bar.update(n)
+
+    def finished(self) -> None:
+        """One more shard is in place (fetched, or kept from before)."""
+        with self._lock:
+            self._done += 1
+            self.bar.set_postfix_str(f"{self._done}/{len(self._received)} files")
 
 
 def shard_name(i: int) -> str:
@@ -75,7 +118,7 @@ def _range_start(content_range: str) -> int | None:
         return None
 
 
-def _attempt(url: str, part: Path, timeout_s: float) -> None:
+def _attempt(url: str, part: Path, timeout_s: float, progress: _Progress, name: str) -> None:
     """One GET into ``part``, resuming from its size; raises _Retryable or DownloadError."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": _USER_AGENT}
@@ -103,10 +146,12 @@ def _attempt(url: str, part: Path, timeout_s: float) -> None:
         else:  # 200: the server ignored the range, so the body is the whole file
             offset, mode = 0, "wb"
         length = resp.headers.get("Content-Length")
+        progress.response(name, int(length) if length is not None else None)
         try:
             with part.open(mode) as f:
                 while chunk := resp.read(_CHUNK):
                     f.write(chunk)
+                    progress.received(name, len(chunk))
         except (OSError, HTTPException) as e:
             raise _Retryable(repr(e)) from e
     # urllib returns a short body silently when the connection drops: check it ourselves.
@@ -115,13 +160,20 @@ def _attempt(url: str, part: Path, timeout_s: float) -> None:
         raise _Retryable(f"got {got} of {length} bytes")
 
 
-def _fetch(url: str, final: Path, retries: int, backoff_s: float, timeout_s: float) -> None:
+def _fetch(
+    url: str,
+    final: Path,
+    retries: int,
+    backoff_s: float,
+    timeout_s: float,
+    progress: _Progress,
+) -> None:
     """Download ``url`` to ``final`` via ``final.part``, retrying with exponential backoff."""
     part = final.with_name(final.name + ".part")
     last: Exception | None = None
     for attempt in range(retries + 1):
         try:
-            _attempt(url, part, timeout_s)
+            _attempt(url, part, timeout_s, progress, final.name)
         except _Retryable as e:
             last = e
             if attempt < retries:
@@ -178,8 +230,10 @@ def download_shards(
                 record(name, digest)
             elif digest != known:
                 final.unlink()
-        if not final.exists():
-            _fetch(url, final, retries, backoff_s, timeout_s)
+        if final.exists():
+            progress.response(name, 0)
+        else:
+            _fetch(url, final, retries, backoff_s, timeout_s, progress)
             digest = _sha256(final)
             if known is not None and digest != known:
                 final.unlink()
@@ -193,12 +247,14 @@ def download_shards(
 
     wanted = sorted(set(indices))
     done: dict[int, dict] = {}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    progress = _Progress([shard_name(i) for i in wanted])
+    with progress.bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [pool.submit(one, i) for i in wanted]
         try:
             for future in as_completed(futures):
                 rec = future.result()
                 done[rec["index"]] = rec
+                progress.finished()
                 if on_done is not None:
                     on_done(rec)
         except BaseException:

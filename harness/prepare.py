@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import bars
 from harness import manifest as mf
 from harness import tokenizer as tk
 from harness.profiles import Profile
@@ -81,8 +82,17 @@ def _is_val(rel: str) -> bool:
     return int(hashlib.sha1(rel.encode()).hexdigest(), 16) % LOCAL_VAL_EVERY == 0
 
 
-def _write_tokens(path: Path, arrays: Iterable[np.ndarray], limit: int | None = None) -> int:
-    """Append token arrays to a flat uint16 file (atomically), cropping at limit tokens."""
+def _write_tokens(
+    path: Path,
+    arrays: Iterable[np.ndarray],
+    limit: int | None = None,
+    progress: bars.Bar | None = None,
+) -> int:
+    """Append token arrays to a flat uint16 file (atomically), cropping at limit tokens.
+
+    ``progress`` advances by the tokens actually written, so a bar whose total is the crop
+    ends at exactly 100%.
+    """
     tmp = path.with_suffix(".tmp")
     n = 0
     with open(tmp, "wb") as fh:
@@ -91,6 +101,8 @@ def _write_tokens(path: Path, arrays: Iterable[np.ndarray], limit: int | None = 
                 arr = arr[: limit - n]
             fh.write(arr.tobytes())
             n += len(arr)
+            if progress is not None:
+                progress.update(len(arr))
             if limit is not None and n >= limit:
                 break
     tmp.replace(path)
@@ -114,6 +126,15 @@ def _take_chars(docs: Iterable[str], limit: int) -> Iterator[str]:
         yield doc
 
 
+def _tokenizing_bar(split: str, crop: int | None) -> bars.Bar:
+    """A bar in tokens written for one split; its total is the crop, when the profile has one.
+
+    Tokens, not documents: the crop is in tokens and usually ends the split long before its
+    documents run out, so a bar over documents would stop far short of its end.
+    """
+    return bars.bar(f"tokenizing {split}", "tok", total=crop, unit_scale=True)
+
+
 def prepare(
     data_dir: Path,
     profile: Profile,
@@ -127,8 +148,13 @@ def prepare(
     workers: int = 8,
     emit: Emit | None = None,
 ) -> dict:
-    """Build a prepared data folder and return its manifest (with the fingerprint)."""
-    emit = emit or (lambda event, **kw: None)
+    """Build a prepared data folder and return its manifest (with the fingerprint).
+
+    On a terminal, progress bars show the download (bytes), the tokenizer training (the
+    `tokenizers` library's own bars) and the tokenizing (tokens, against the profile's crop
+    when it has one); elsewhere, as in CI or with stderr in a log file, nothing but ``emit``.
+    """
+    emit = bars.above_bars(emit or (lambda event, **kw: None))
     data_dir = Path(data_dir)
     if source == "local" and local_dir is not None and not Path(local_dir).is_dir():
         raise FileNotFoundError(f"local source folder {local_dir} does not exist")
@@ -193,7 +219,10 @@ def prepare(
         raise ValueError(f"unknown source {source!r}; choose local or http")
 
     emit("prepare.tokenizer", vocab_size=profile.vocab_size, chars=profile.tokenizer_chars)
-    tok = tk.train_tokenizer(_take_chars(train_iter(), profile.tokenizer_chars), profile.vocab_size)
+    tok_texts: Iterable[str] = _take_chars(train_iter(), profile.tokenizer_chars)
+    if source == "local":  # already in memory: a list gives the library's bar a total
+        tok_texts = list(tok_texts)
+    tok = tk.train_tokenizer(tok_texts, profile.vocab_size, show_progress=bars.both_on_terminal())
     tok_path = data_dir / mf.TOKENIZER_DIR / "tokenizer.json"
     tok.save(str(tok_path))
     lengths_path = data_dir / mf.TOKENIZER_DIR / "token_bytes.npy"
@@ -201,24 +230,30 @@ def prepare(
 
     emit("prepare.tokenize", split="val")
     val_path_out = data_dir / mf.VAL_DIR / "val.bin"
-    n_val = _write_tokens(val_path_out, tk.encode_documents(tok, val_iter()), profile.val_tokens)
+    with _tokenizing_bar("val", profile.val_tokens) as bar:
+        n_val = _write_tokens(
+            val_path_out, tk.encode_documents(tok, val_iter()), profile.val_tokens, bar
+        )
 
     shards: list[dict] = []
     budget = profile.max_train_tokens
-    for group in train_groups:
-        arrays = tk.encode_documents(tok, group())
-        while budget is None or budget > 0:
-            path = data_dir / mf.TRAIN_DIR / f"train_{len(shards):05d}.bin"
-            cap = TRAIN_SHARD_TOKENS if budget is None else min(budget, TRAIN_SHARD_TOKENS)
-            n = _write_tokens(path, arrays, cap)
-            budget = None if budget is None else budget - n
-            if n == 0:
-                path.unlink()
-                break
-            shards.append(_shard_record(path, data_dir, n))
-            emit("prepare.shard", file=shards[-1]["file"], tokens=n)
-            if n < cap:
-                break
+    with _tokenizing_bar("train", budget) as bar:
+        for g, group in enumerate(train_groups):
+            if len(train_groups) > 1:  # with no crop (no total), the file is the progress
+                bar.set_postfix_str(f"file {g + 1}/{len(train_groups)}")
+            arrays = tk.encode_documents(tok, group())
+            while budget is None or budget > 0:
+                path = data_dir / mf.TRAIN_DIR / f"train_{len(shards):05d}.bin"
+                cap = TRAIN_SHARD_TOKENS if budget is None else min(budget, TRAIN_SHARD_TOKENS)
+                n = _write_tokens(path, arrays, cap, bar)
+                budget = None if budget is None else budget - n
+                if n == 0:
+                    path.unlink()
+                    break
+                shards.append(_shard_record(path, data_dir, n))
+                emit("prepare.shard", file=shards[-1]["file"], tokens=n)
+                if n < cap:
+                    break
 
     manifest = {
         "profile": profile.to_dict(),

@@ -8,7 +8,7 @@ otherwise count as a 3-byte replacement character and flatter the score.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,8 +37,16 @@ def _unicode_to_byte() -> dict[str, int]:
     return {chr(c): b for b, c in zip(byte_values, codepoints, strict=True)}
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Train a byte-level BPE whose id of BOS is fixed by being the first special token."""
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, *, show_progress: bool = False
+) -> Tokenizer:
+    """Train a byte-level BPE whose id of BOS is fixed by being the first special token.
+
+    ``show_progress`` turns on the `tokenizers` library's own bars. Its Rust side draws them
+    on stderr but ends each stage with a newline on stdout, so the caller turns them on only
+    when both are a terminal (see harness.bars.both_on_terminal). Texts that know their
+    length (a list) give the first of those bars a total.
+    """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -46,9 +54,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
         vocab_size=vocab_size,
         special_tokens=[BOS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=show_progress,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    length = len(texts) if isinstance(texts, Sized) else None
+    tok.train_from_iterator(texts, trainer=trainer, length=length)
     return tok
 
 

@@ -26,7 +26,10 @@ examples:
   REDIS_URL=redis://host:6379/0 autoresearch worker --gpu 0
   REDIS_URL=... AUTORESEARCH_GPUS=8 autoresearch worker --runner docker --gpu auto
   autoresearch evaluate workspace/train.py --json
-  autoresearch status --tag nov28
+  autoresearch status --watch              # workers, queue, best, noise, spend; live
+  autoresearch logs -f                     # every experiment's lines as they come
+  autoresearch logs 0012 --json            # one experiment, JSON lines
+  autoresearch report                      # progress.png and report.md in the run folder
   autoresearch verify 0012 --tag nov28     # re-run a recorded experiment, compare
   autoresearch run --tag dry --runner simulate --local-workers 8   # the scheduler, no GPU
 """
@@ -228,11 +231,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     _add_runner(p)
 
-    p = sub.add_parser("status", help="best so far, the last rows, counts by status")
-    p.add_argument("--tag", help="run name (default: the most recent run)")
-    p.add_argument("--runs-dir", type=Path)
-    p.add_argument("--rows", type=int, default=10)
+    p = sub.add_parser(
+        "status",
+        help="workers and what they run, the queue, best and gain, counts, noise, LLM spend",
+    )
+    _add_reader(p)
+    p.add_argument("--rows", type=int, default=10, help="last results rows shown (default 10)")
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 2) until Ctrl-C",
+    )
+    p.add_argument("--json", action="store_true", help="print the whole snapshot as JSON")
+
+    p = sub.add_parser(
+        "logs", help="one experiment's log, or the whole run's interleaved; -f follows it live"
+    )
+    _add_reader(p)
+    p.add_argument("id", nargs="?", help="experiment id, e.g. 0012 (default: every experiment)")
+    p.add_argument("-f", "--follow", action="store_true", help="follow new lines as they come")
+    p.add_argument("-n", "--lines", type=int, help="only the last N entries of the backlog")
+    p.add_argument(
+        "--json",
+        action=argparse.BooleanOptionalAction,
+        help="JSON lines (default: when not a terminal)",
+    )
+
+    p = sub.add_parser(
+        "dashboard", help="a read-only web page: chart, leaderboard, workers, live log tails"
+    )
+    _add_reader(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=defaults.DASHBOARD_PORT, help="default %(default)s")
+
+    p = sub.add_parser("report", help="progress.png and report.md: the chart and a summary")
+    _add_reader(p)
+    p.add_argument("--repo", type=Path, help="git repo with the run's commits (default: .)")
+    p.add_argument("--out", type=Path, help="folder for the files (default: the run folder)")
     return parser
+
+
+def _add_reader(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that look at a run: from Redis (any host), or its folder."""
+    p.add_argument("--tag", help="run name (default: the most recently updated run)")
+    p.add_argument("--runs-dir", type=Path, help="runs folder (default: workspace/runs)")
+    p.add_argument(
+        "--redis-url",
+        help="Redis of the run (default: REDIS_URL, else the embedded one of a live local run)",
+    )
+
+
+def _reader(args: argparse.Namespace) -> tuple[Any, Path, str]:
+    """(redis or None, runs folder, tag) for a command that looks at a run.
+
+    Redis: --redis-url or REDIS_URL (an error when unreachable); else the embedded Redis
+    of a local run while it lives (its URL is in the run folder); else the folder alone.
+    """
+    from orchestrator import view
+    from orchestrator.redis_server import RedisUnavailable, connect
+
+    runs_dir = args.runs_dir or Path(os.environ.get("AUTORESEARCH_RUNS_DIR") or st.DEFAULT_RUNS_DIR)
+    url = args.redis_url or os.environ.get("REDIS_URL")
+    redis = connect(url) if url else None
+    tag = args.tag or view.latest_tag(redis, runs_dir)
+    if tag is None:
+        raise st.SettingsError(f"tag: no run found (in Redis or under {runs_dir}); pass --tag")
+    if redis is None:
+        local = runs_dir / tag / defaults.REDIS_URL_FILE
+        if local.is_file():
+            try:
+                redis = connect(local.read_text().strip(), timeout_s=1.0)
+            except RedisUnavailable:
+                redis = None  # the run has ended: its folder has everything
+    return redis, runs_dir, tag
 
 
 def _settings(args: argparse.Namespace) -> st.Settings:
@@ -328,6 +402,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             private = PrivateRedis().start()
             url = private.url
             log.info("default.redis", why="no REDIS_URL", server=private.binary, url=url)
+            # `status`, `logs` and `dashboard` in another terminal find it here while it lives.
+            url_file = runs_dir / s.tag / defaults.REDIS_URL_FILE
+            url_file.parent.mkdir(parents=True, exist_ok=True)
+            url_file.write_text(url + "\n")
         redis = connect(url)
         n_local = s.local_workers if s.local_workers is not None else (1 if private else 0)
         if n_local:
@@ -375,6 +453,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if workers:
             workers.stop()
         if private:
+            (runs_dir / s.tag / defaults.REDIS_URL_FILE).unlink(missing_ok=True)
             private.stop()
         logs.tee.close()
     _print_summary(summary, git)
@@ -641,27 +720,90 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from orchestrator.results import ResultsFile, best_kept, counts
+    from orchestrator import view
 
-    runs_dir = args.runs_dir or Path(os.environ.get("AUTORESEARCH_RUNS_DIR", "workspace/runs"))
-    tag = _latest_tag(runs_dir, args.tag)
-    results = ResultsFile(runs_dir / tag / defaults.RESULTS_FILE)
-    rows = results.rows()
+    redis, runs_dir, tag = _reader(args)
+    while True:
+        snap = view.snapshot(redis, tag, runs_dir)
+        if not snap["rows"] and not snap["workers"] and not snap["state"]:
+            return _die(f"run {tag}: nothing recorded yet, in Redis or under {runs_dir / tag}", 2)
+        if args.json:
+            text = json.dumps(snap, default=str)
+        else:
+            text = view.render_status(snap)
+            if args.rows > 0 and snap["last"]:
+                text += "\nlast rows:\n" + view.render_rows(snap["last"][-args.rows :])
+        if args.watch is None:
+            print(text)
+            return 0
+        print("\x1b[H\x1b[2J" + text, flush=True)  # home, clear screen: redraw in place
+        try:
+            time.sleep(max(args.watch, 0.2))
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print a log from Redis's streams (following them with -f), or from the run folder
+    when the stream is gone (an old experiment, a Redis that was reset)."""
+    from orchestrator import view
+    from worker import contract
+    from worker.settings import log_stream_key
+
+    redis, runs_dir, tag = _reader(args)
+    as_json = args.json if args.json is not None else not sys.stdout.isatty()
+    render = view.Renderer(as_json, colors=sys.stdout.isatty())
+    key = log_stream_key(tag, args.id) if args.id else contract.run_log_key(tag)
+    if redis is None or not (redis.exists(key) or args.follow):
+        items = view.folder_log(runs_dir, tag, args.id)
+        if not items:
+            where = f"{tag}/{args.id}" if args.id else tag
+            return _die(f"no log for {where}: not in Redis and none under {runs_dir / tag}", 2)
+        for item in items[-args.lines :] if args.lines else items:
+            print(render(item), flush=True)
+        return 0
+    try:
+        last, backlog = "0-0", []
+        while batch := view.read_stream(redis, key, last):
+            backlog += batch
+            last = batch[-1][0]
+        for stream_id, fields in backlog[-args.lines :] if args.lines else backlog:
+            item = view.entry(fields, args.id or "", stream_id)
+            print(render(item), flush=True)
+            if args.id and view.is_end(item):
+                return 0  # the experiment is over: nothing more will come
+        while args.follow:
+            for stream_id, fields in view.read_stream(redis, key, last, block_ms=1000):
+                last = stream_id
+                item = view.entry(fields, args.id or "", stream_id)
+                print(render(item), flush=True)
+                if args.id and view.is_end(item):
+                    return 0
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from orchestrator import dashboard
+
+    redis, runs_dir, tag = _reader(args)
+    return dashboard.serve(redis, runs_dir, tag, args.host, args.port)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator import report, view
+
+    redis, runs_dir, tag = _reader(args)
+    rows = view.rows(redis, tag, runs_dir)
     if not rows:
-        return _die(f"run {tag} has no results in {results.path}", 2)
-    best = best_kept(rows)
-    kept = [r for r in rows if r["status"] == "keep"]
-    print(
-        f"run {tag}: {len(rows)} experiments, "
-        + ", ".join(f"{k} {v}" for k, v in sorted(counts(rows).items()))
+        return _die(f"run {tag} has no results (in Redis or under {runs_dir / tag})", 2)
+    summary = view.summary(rows, view.state(redis, tag, runs_dir), time.time())
+    out = args.out or runs_dir / tag
+    png, md = report.write_report(
+        tag, rows, summary, out, args.repo or Path.cwd(), run_dir=runs_dir / tag
     )
-    if best:
-        gain = float(kept[0]["val_bpb"]) - float(best["val_bpb"])
-        print(
-            f"best val_bpb {best['val_bpb']} ({best['commit']} {best['description']}), gain {gain:.6f} over the baseline"
-        )
-    print("last rows:")
-    print(results.tail_text(args.rows))
+    print(f"{png}\n{md}")
     return 0
 
 
@@ -671,6 +813,9 @@ COMMANDS = {
     "worker": cmd_worker,
     "evaluate": cmd_evaluate,
     "status": cmd_status,
+    "logs": cmd_logs,
+    "report": cmd_report,
+    "dashboard": cmd_dashboard,
     "verify": cmd_verify,
 }
 

@@ -5,6 +5,14 @@ BRANCH_PREFIX = "autoresearch/"
 CANDIDATE_REF = "refs/autoresearch/{tag}/candidates/{id}"
 RESULTS_FILE = "results.tsv"
 ORCHESTRATOR_LOG = "orchestrator.jsonl"
+# Where `autoresearch dashboard` listens by default.
+DASHBOARD_PORT = 8765
+# The URL of a run's embedded Redis, in its folder while the run lives.
+REDIS_URL_FILE = "redis.url"
+# The run's last published state (noise margin, frontier, ...), beside results.tsv.
+STATE_FILE = "state.json"
+# How often the loop refreshes its state in Redis between decisions (status's "running").
+STATE_EVERY_S = 5.0
 LLM_MODEL = "gpt-4.1-mini"
 LLM_TEMPERATURE = 0.7
 LLM_TIMEOUT_S = 120.0

@@ -21,6 +21,7 @@ import math
 import queue as queuelib
 import random
 import signal
+import socket
 import threading
 import time
 from collections import Counter, deque
@@ -47,6 +48,7 @@ from orchestrator.proposers.base import Proposal, ProposalRequest, Proposer
 from orchestrator.results import ResultsFile, best_kept, counts
 from orchestrator.validate import CandidateRejected, normalized_hash, validate_candidate
 from worker import contract
+from worker.settings import STREAM_MAXLEN
 
 
 class BaselineFailed(RuntimeError):
@@ -83,6 +85,10 @@ def lookahead_for(workers: int, lookahead: int | None) -> int:
     if lookahead is not None:
         return lookahead
     return max(defaults.LOOKAHEAD_MIN, math.ceil(workers / defaults.LOOKAHEAD_WORKERS))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -190,6 +196,7 @@ class Research:
         self._no_worker_since: float | None = None
         self._redis_down_since: float | None = None
         self.harness_sha256 = harness_digest()
+        self._published_at = 0.0
 
     # ----- ids and state -----
     def new_id(self) -> str:
@@ -238,6 +245,8 @@ class Research:
             policy=self.policy.__dict__,
             results=str(self.results.path),
         )
+        self._sync_published(rows)
+        self.publish_state(status="running", stop_reason="")
         try:
             self.reconcile()
             if not self.established and not any(
@@ -285,6 +294,8 @@ class Research:
         if now - self._workers_at > defaults.WORKER_REFRESH_S:
             self._refresh_workers()
             self._workers_at = now
+        if now - self._published_at > defaults.STATE_EVERY_S:
+            self.publish_state()
         if now - self._swept_at > defaults.ABANDONED_SWEEP_S:
             # A worker that died mid-job stops heartbeating; RQ's registry cleanup then
             # fails the job as abandoned and, with a retry left, requeues it for another.
@@ -1024,8 +1035,9 @@ class Research:
                     default=str,
                 )
             )
-            self.results.append(row)
+            written = self.results.append(row)
         self.session_rows.append({**row, "total_s": result.get("total_s")})
+        self._publish_row(written, note)
         self.log.info(
             "decided",
             id=exp_id,
@@ -1061,4 +1073,82 @@ class Research:
             "results": str(self.results.path),
         }
         self.log.info("run.end", **out)
+        try:
+            self.publish_state(status="stopped", stop_reason=self.stop_reason or "done")
+        except redis.RedisError as exc:  # the summary must print without Redis
+            self.log.warning("state.unpublished", error=str(exc))
         return out
+
+    # ----- what other hosts see: status, logs -f, the dashboard (orchestrator/view.py) -----
+    def publish_state(self, **fields: str) -> None:
+        """The run's state hash (also written to state.json in the run folder, for when
+        Redis is gone) and its place in the index of runs."""
+        now = time.time()
+        sigma, dof = noise.pooled_sigma(self.results.rows())
+        state = {
+            "updated": f"{now:.3f}",
+            "frontier": self.frontier[:7],
+            "best": "" if self.best is None else f"{self.best:.6f}",
+            "sigma": f"{sigma:.6f}" if dof else "",
+            "margin": f"{noise.margin(sigma, self.policy.z, self.policy.min_delta):.6f}",
+            "z": str(self.policy.z),
+            "min_delta": str(self.policy.min_delta),
+            "workers": str(len(self.workers)),
+            "in_flight": str(len(self.flights)),
+            "proposing": str(self.proposing),
+            "ready": str(len(self.ready)),
+            "proposer": self.proposer.name,
+            "model": str(getattr(self.proposer, "model", "") or ""),
+            "host": socket.gethostname(),
+            **fields,
+        }
+        key = contract.run_state_key(self.tag)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(key, "started", f"{now:.3f}")
+        pipe.hset(key, mapping=state)
+        pipe.zadd(contract.RUNS_KEY, {self.tag: now})
+        pipe.hgetall(key)
+        saved = pipe.execute()[-1]
+        self._published_at = time.monotonic()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / (defaults.STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps({_text(k): _text(v) for k, v in saved.items()}, indent=1))
+        tmp.replace(self.folder / defaults.STATE_FILE)
+
+    def _sync_published(self, rows: list[dict[str, str]]) -> None:
+        """Redis's copy of the rows matches results.tsv (a Redis that lost its data, or a
+        run from before the copy existed, gets them again)."""
+        key = contract.results_key(self.tag)
+        if self.redis.llen(key) == len(rows):
+            return
+        pipe = self.redis.pipeline()
+        pipe.delete(key)
+        if rows:
+            pipe.rpush(key, *(json.dumps(r) for r in rows))
+        pipe.execute()
+
+    def _publish_row(self, row: dict[str, str], note: str | None) -> None:
+        """The row for readers on other hosts, and the decision in the run's log stream."""
+        event = {
+            "event": "decided",
+            "status": row["status"],
+            "val_bpb": row["val_bpb"],
+            "description": row["description"],
+            "error": row["error"],
+        }
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(contract.results_key(self.tag), json.dumps(row))
+        pipe.xadd(
+            contract.run_log_key(self.tag),
+            {
+                "kind": "event",
+                "phase": "decide",
+                "text": json.dumps(event),
+                "t": f"{time.time():.3f}",
+                "id": row["id"],
+            },
+            maxlen=STREAM_MAXLEN,
+            approximate=True,
+        )
+        pipe.execute()
+        self.publish_state()

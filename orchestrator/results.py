@@ -85,20 +85,23 @@ class ResultsFile:
         self._cache = (key, rows)
         return list(rows)
 
-    def append(self, row: dict[str, Any]) -> None:
-        """Write one complete line with a single write and fsync it: no half rows."""
+    def append(self, row: dict[str, Any]) -> dict[str, str]:
+        """Write one complete line with a single write and fsync it: no half rows.
+        Returns the row as written (every column, as text)."""
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown results columns {sorted(unknown)}")
         if row.get("status") not in ROW_STATUSES:
             raise ValueError(f"bad row status {row.get('status')!r}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = "\t".join(_clean(row.get(c)) for c in COLUMNS) + "\n"
+        written = {c: _clean(row.get(c)) for c in COLUMNS}
+        line = "\t".join(written.values()) + "\n"
         new = not self.path.exists() or self.path.stat().st_size == 0
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(("\t".join(COLUMNS) + "\n" if new else "") + line)
             fh.flush()
             os.fsync(fh.fileno())
+        return written
 
     def tail_text(self, n: int) -> str:
         if not self.path.is_file():

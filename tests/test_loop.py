@@ -377,9 +377,12 @@ def test_orchestrator_killed_mid_experiment_resumes_without_loss(
     rows = ResultsFile(runs / "results.tsv").rows()
     ids = [r["id"] for r in rows]
     # Each experiment the killed run started (0001, and the look-ahead's 0002 if it was
-    # queued) is recorded exactly once, then one new one: nothing lost, nothing twice.
+    # queued) is recorded exactly once, then one new one: nothing lost, nothing twice. A
+    # proposal committed ahead but never queued (timing) is an infra_error "lost" row.
     assert sorted(ids) == sorted(set(ids)) == sorted(GitStore(repo).candidate_ids("kill"))
-    assert ids[0] == "0000" and "0001" in ids and len(ids) in (3, 4)
+    lost = [r for r in rows if r["status"] == "infra_error"]
+    assert all(r["error"].startswith("lost") for r in lost) and len(lost) <= 1
+    assert ids[0] == "0000" and "0001" in ids and len(ids) - len(lost) in (3, 4)
     first = next(r for r in rows if r["id"] == "0001")
     assert first["proposer"] == "mutate" and first["status"] in ("keep", "discard")
     kept = [r["commit"] for r in rows[1:] if r["status"] == "keep"]

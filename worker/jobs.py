@@ -52,7 +52,7 @@ def check_fingerprint(spec: dict[str, Any], data_dir: Path) -> None:
 class ExperimentLog:
     """One experiment's trail: raw output.log, structured log.jsonl and a Redis stream."""
 
-    def __init__(self, folder: Path, redis: Any, stream: str, exp_id: str):
+    def __init__(self, folder: Path, redis: Any, stream: str, exp_id: str, run_stream: str = ""):
         folder.mkdir(parents=True, exist_ok=True)
         self.raw = open(folder / "output.log", "a", encoding="utf-8")  # noqa: SIM115
         self.jsonl = open(folder / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115
@@ -63,17 +63,24 @@ class ExperimentLog:
                 structlog.processors.JSONRenderer(),
             ],
         ).bind(id=exp_id)
-        self.redis, self.stream = redis, stream
+        self.redis, self.stream, self.run_stream, self.exp_id = redis, stream, run_stream, exp_id
 
     def publish(self, kind: str, phase: str, text: str) -> None:
+        """One entry in the experiment's stream and, with its id, in the run's (one round
+        trip): `logs ID -f` follows the first, `logs -f` and the dashboard the second."""
         if self.redis is None:
             return
-        self.redis.xadd(
-            self.stream,
-            {"kind": kind, "phase": phase, "text": text, "t": f"{time.time():.3f}"},
-            maxlen=STREAM_MAXLEN,
-            approximate=True,
-        )
+        fields = {"kind": kind, "phase": phase, "text": text, "t": f"{time.time():.3f}"}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(self.stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
+        if self.run_stream:
+            pipe.xadd(
+                self.run_stream,
+                {**fields, "id": self.exp_id},
+                maxlen=STREAM_MAXLEN,
+                approximate=True,
+            )
+        pipe.execute()
 
     def line(self, phase: str, line: str) -> None:
         self.raw.write(f"{line}\n")
@@ -96,6 +103,8 @@ class ExperimentLog:
     def close(self) -> None:
         if self.redis is not None:
             self.redis.expire(self.stream, STREAM_TTL_S)
+            if self.run_stream:
+                self.redis.expire(self.run_stream, STREAM_TTL_S)
         self.raw.close()
         self.jsonl.close()
 
@@ -109,9 +118,22 @@ def run_experiment(spec: dict[str, Any]) -> dict[str, Any]:
     redis = job.connection if job is not None else None
     worker_name = (job.worker_name if job is not None else None) or socket.gethostname()
     folder = settings.runs_dir / spec["tag"] / spec["id"]
-    log = ExperimentLog(folder, redis, log_stream_key(spec["tag"], spec["id"]), spec["id"])
+    log = ExperimentLog(
+        folder,
+        redis,
+        log_stream_key(spec["tag"], spec["id"]),
+        spec["id"],
+        contract.run_log_key(spec["tag"]),
+    )
     runner = make_runner(settings)
-    log.event("experiment.start", worker=worker_name, runner=runner.name, gpu=settings.gpu)
+    log.event(
+        "experiment.start",
+        worker=worker_name,
+        host=socket.gethostname(),
+        runner=runner.name,
+        gpu=settings.gpu,
+        description=spec["description"],
+    )
     try:
         fields = runner.run(spec, folder, log.line)
         fields["worker"] = worker_name

@@ -14,16 +14,19 @@ from the candidate's text, so the same source always scores the same before the 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 import time
 from pathlib import Path
 from typing import Any
 
+from harness import codes
 from harness.manifest import harness_digest
 from worker.runner import Emit, PhaseOutcome, Runner
 
 DEFAULT_NOISE = 0.002
+SIM_TOKENS_PER_S = 100_000  # what the progress lines say; nothing is trained
 
 
 def _constant(source: str, name: str) -> float | None:
@@ -63,7 +66,23 @@ class SimulatedRunner(Runner):
         hold = spec["budget"]["train_wall_s"] if hold is None else hold
         started = time.time()
         emit("train", f"simulated training: holding the worker {hold:.2f}s")
-        time.sleep(hold)
+        step, end = 0, started + hold
+        # Progress lines like the harness's, so `status`, `logs -f` and the dashboard show
+        # something moving in a dry run.
+        while (now := time.time()) < end:
+            time.sleep(min(codes.PROGRESS_EVERY_S, end - now))
+            step += 1
+            now = time.time()
+            line = {
+                "source": "harness",
+                "step": step,
+                "loss": round(4.0 / (1 + 0.1 * step), 4),
+                "tok_per_s": SIM_TOKENS_PER_S,
+                "elapsed_s": round(now - started, 1),
+                "remaining_s": round(max(end - now, 0.0), 1),
+                "progress": round(min((now - started) / max(hold, 1e-9), 1.0), 4),
+            }
+            emit("train", codes.METRICS_PREFIX + json.dumps(line))
         value = score(source, spec["seed"])
         emit("eval", f"val_bpb: {value:.6f}")
         return {

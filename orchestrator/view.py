@@ -1,0 +1,414 @@
+"""What a run is doing, read from Redis (any host that reaches it) or from its run folder.
+
+Read-only. `status`, `logs`, `report` and the dashboard all look through here, so they
+show the same numbers. Sources:
+- Redis: the workers (RQ's registry), the queues, each experiment's log stream and the
+  run's interleaved one (written by the workers and the orchestrator), the run's results
+  rows and state (written by the orchestrator as it records).
+- The run folder, when Redis no longer has it: results.tsv, and each experiment's
+  log.jsonl (streams expire a week after their last line).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from rq import Queue, Worker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from orchestrator import defaults, noise
+from orchestrator.results import ResultsFile, counts
+from worker import contract
+from worker.settings import log_stream_key
+
+# Statuses whose run used a worker (a rejected proposal never ran; an infra_error is the
+# machine's failure, not an experiment).
+RAN = (
+    "keep",
+    "discard",
+    "crash",
+    "oom",
+    "nan",
+    "timeout",
+    "overtime",
+    "noise",
+    "confirm",
+    "reapplied",
+    "stale",
+)
+# A state hash not updated for this long belongs to an orchestrator that is gone.
+STALE_STATE_S = 120.0
+
+
+# ----- log entries -----
+def entry(fields: dict[Any, Any], exp_id: str = "", stream_id: str = "") -> dict[str, Any]:
+    """A stream entry as one flat event: t, id, phase, event, and the entry's own fields.
+
+    Stream entries are {kind, phase, text, t[, id]}: kind `line` is a line of output (the
+    event is the text), `metrics` a ctx.log / harness progress line (JSON fields), `event`
+    a worker or orchestrator event (JSON with an `event` key).
+    """
+    fields = {_s(k): _s(v) for k, v in fields.items()}  # clients without decode_responses
+    kind, text = fields.get("kind", "line"), fields.get("text", "")
+    out: dict[str, Any] = {
+        "t": float(fields.get("t") or 0.0),
+        "id": fields.get("id") or exp_id,
+        "phase": fields.get("phase", ""),
+    }
+    if stream_id:
+        out["stream_id"] = stream_id
+    if kind in ("metrics", "event"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = {"line": text}
+        if not isinstance(data, dict):
+            data = {"value": data}
+        out["event"] = str(data.pop("event", "metrics" if kind == "metrics" else "event"))
+        out.update(data)
+    else:
+        out["event"] = text
+    out["kind"] = kind
+    return out
+
+
+def read_stream(
+    redis: Any, key: str, after: str = "0-0", count: int = 1000, block_ms: int | None = None
+) -> list[tuple[str, dict[str, str]]]:
+    """Entries after the stream id `after`, waiting up to block_ms for one when given."""
+    if block_ms is None:
+        start = "(" + after if after != "0-0" else "-"
+        return [(_s(i), f) for i, f in redis.xrange(key, min=start, max="+", count=count)]
+    reply = redis.xread({key: after}, count=count, block=block_ms)
+    return [(_s(i), f) for _key, items in reply or [] for i, f in items]
+
+
+def folder_log(runs_dir: Path, tag: str, exp_id: str | None) -> list[dict[str, Any]]:
+    """One experiment's log.jsonl (or every experiment's, merged by time) as entries."""
+    root = runs_dir / tag
+    folders = [root / exp_id] if exp_id else sorted(p for p in root.glob("*") if p.is_dir())
+    out = []
+    for folder in folders:
+        path = folder / "log.jsonl"
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(rec, dict):
+                continue
+            event = str(rec.pop("event", ""))
+            stamp = rec.pop("timestamp", "")
+            item: dict[str, Any] = {
+                "t": _epoch(stamp),
+                "id": str(rec.pop("id", folder.name)),
+                "phase": rec.pop("phase", ""),
+            }
+            if event == "output":
+                item.update(event=str(rec.pop("line", "")), kind="line")
+            else:
+                item.update(event=event, kind="metrics" if event == "metrics" else "event")
+            item.update(rec)
+            out.append(item)
+    out.sort(key=lambda e: e["t"])
+    return out
+
+
+def _epoch(stamp: str) -> float:
+    try:
+        from datetime import datetime
+
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except (ValueError, AttributeError):
+        return 0.0
+
+
+def is_end(item: dict[str, Any]) -> bool:
+    """The last entry a worker writes for one experiment."""
+    return item.get("kind") == "event" and item.get("event") in (
+        "experiment.end",
+        "experiment.infra_error",
+    )
+
+
+# ----- the run -----
+def latest_tag(redis: Any | None, runs_dir: Path | None) -> str | None:
+    """The run updated last: Redis's index of runs, else the newest run folder."""
+    if redis is not None:
+        tags = redis.zrevrange(contract.RUNS_KEY, 0, 0)
+        if tags:
+            return _s(tags[0])
+    if runs_dir is not None and runs_dir.is_dir():
+        folders = [p for p in runs_dir.iterdir() if (p / defaults.RESULTS_FILE).is_file()]
+        if folders:
+            return max(folders, key=lambda p: (p / defaults.RESULTS_FILE).stat().st_mtime).name
+    return None
+
+
+def rows(redis: Any | None, tag: str, runs_dir: Path | None) -> list[dict[str, str]]:
+    """results.tsv's rows: from the run folder when it is here, else from Redis."""
+    if runs_dir is not None:
+        found = ResultsFile(runs_dir / tag / defaults.RESULTS_FILE).rows()
+        if found:
+            return found
+    if redis is None:
+        return []
+    return [json.loads(r) for r in redis.lrange(contract.results_key(tag), 0, -1)]
+
+
+def _f(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -> dict[str, Any]:
+    """Best, gain over the baseline, counts, noise floor, LLM use, experiments per hour."""
+    kept = [r for r in all_rows if r["status"] == "keep"]
+    baseline = kept[0] if kept else None
+    best = None
+    if kept:
+        # The frontier's value is the mean of its runs (noise runs and confirmations).
+        best_row = kept[-1]
+        best = {
+            "id": best_row["id"],
+            "commit": best_row["commit"],
+            "description": best_row["description"],
+            "val_bpb": noise.commit_value(all_rows, best_row["commit"]) or _f(best_row["val_bpb"]),
+        }
+    base_value = noise.commit_value(all_rows, baseline["commit"]) if baseline else None
+    sigma, dof = noise.pooled_sigma(all_rows)
+    ran = [r for r in all_rows if r["status"] in RAN]
+    started = _f(state.get("started")) or (_epoch(all_rows[0]["time"]) if all_rows else now)
+    running = state.get("status") == "running" and now - (_f(state.get("updated")) or 0) < (
+        STALE_STATE_S
+    )
+    end = now if running else (_epoch(all_rows[-1]["time"]) if all_rows else now)
+    hours = max(end - started, 1.0) / 3600
+    return {
+        "rows": len(all_rows),
+        "counts": counts(all_rows),
+        "baseline": {"id": baseline["id"], "val_bpb": base_value} if baseline else None,
+        "best": best,
+        "gain": (base_value - best["val_bpb"]) if best and base_value else None,
+        "kept": [
+            {
+                "id": r["id"],
+                "commit": r["commit"],
+                "val_bpb": _f(r["val_bpb"]),
+                "description": r["description"],
+            }
+            for r in kept
+        ],
+        "noise": {
+            "sigma": sigma if dof else None,
+            "dof": dof,
+            "margin": _f(state.get("margin")),
+        },
+        "llm": {
+            "prompt_tokens": int(sum(_f(r.get("prompt_tokens")) or 0 for r in all_rows)),
+            "completion_tokens": int(sum(_f(r.get("completion_tokens")) or 0 for r in all_rows)),
+            "cost_usd": sum(_f(r.get("cost_usd")) or 0 for r in all_rows),
+            "model": state.get("model", ""),
+        },
+        "experiments": len(ran),
+        "hours": hours,
+        "per_hour": len(ran) / hours,
+        "running": running,
+        "stop_reason": state.get("stop_reason", ""),
+    }
+
+
+def workers(redis: Any, tag: str | None = None) -> list[dict[str, Any]]:
+    """Every live worker: host, GPU, state, and the experiment it runs with its last
+    progress line (step, loss, tokens/s, time left)."""
+    found = Worker.all(connection=redis)
+    jobs = {}
+    ids = [w.get_current_job_id() for w in found]
+    fetched = Job.fetch_many([i for i in ids if i], connection=redis, serializer=JSONSerializer)
+    for job in fetched:
+        if job is not None:
+            jobs[job.id] = job
+    out = []
+    pipe = redis.pipeline(transaction=False)
+    for w, job_id in zip(found, ids, strict=True):
+        job = jobs.get(job_id or "")
+        spec = job.args[0] if job is not None and job.args else {}
+        item: dict[str, Any] = {
+            "name": w.name,
+            "host": w.hostname or "",
+            "state": str(w.get_state()),
+            "gpu": _gpu_of(w.name),
+            "tag": spec.get("tag", ""),
+            "exp_id": spec.get("id", ""),
+            "description": spec.get("description", ""),
+        }
+        out.append(item)
+        if item["exp_id"]:
+            pipe.xrevrange(log_stream_key(item["tag"], item["exp_id"]), count=50)
+    replies = iter(pipe.execute())
+    for item in out:
+        if not item["exp_id"]:
+            continue
+        for stream_id, fields in next(replies):
+            e = entry(fields, item["exp_id"], _s(stream_id))
+            item.setdefault("phase", e["phase"])
+            if e["kind"] == "metrics":
+                for key in ("step", "loss", "tok_per_s", "elapsed_s", "remaining_s", "progress"):
+                    if key in e:
+                        item[key] = e[key]
+                item["age_s"] = round(time.time() - e["t"], 1)
+                break
+    if tag is not None:
+        out.sort(key=lambda i: (i["tag"] not in ("", tag), i["name"]))
+    return out
+
+
+def _gpu_of(name: str) -> str:
+    """The GPU from a worker's default name (host-gpuN-pid / host-cpu-pid)."""
+    parts = name.split("-")
+    for part in reversed(parts[:-1]):
+        if part == "cpu" or (part.startswith("gpu") and part[3:].isdigit()):
+            return part
+    return ""
+
+
+def queue(redis: Any, tag: str) -> dict[str, Any]:
+    """Jobs waiting: the shared queue and every worker's own, and which experiments."""
+    names = [contract.QUEUE_NAME] + [
+        q.name
+        for q in Queue.all(connection=redis, serializer=JSONSerializer)
+        if q.name.startswith(contract.QUEUE_NAME + ".worker.")
+    ]
+    waiting: list[str] = []
+    total = 0
+    for name in names:
+        q = Queue(name, connection=redis, serializer=JSONSerializer)
+        ids = q.get_job_ids()
+        total += len(ids)
+        waiting += [i.removeprefix(f"{tag}-") for i in ids if i.startswith(f"{tag}-")]
+    return {"queued": total, "waiting": waiting}
+
+
+def state(redis: Any | None, tag: str, runs_dir: Path | None = None) -> dict[str, str]:
+    """The orchestrator's published state: Redis's hash, else the run folder's copy."""
+    if redis is not None:
+        found = redis.hgetall(contract.run_state_key(tag))
+        if found:
+            return {_s(k): _s(v) for k, v in found.items()}
+    if runs_dir is not None:
+        try:
+            return json.loads((runs_dir / tag / defaults.STATE_FILE).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+    return {}
+
+
+def snapshot(redis: Any | None, tag: str, runs_dir: Path | None) -> dict[str, Any]:
+    """Everything `status` and the dashboard show, as one JSON-able dict."""
+    now = time.time()
+    st = state(redis, tag, runs_dir)
+    all_rows = rows(redis, tag, runs_dir)
+    out = {"tag": tag, "now": now, "state": st, **summary(all_rows, st, now)}
+    out["workers"] = workers(redis, tag) if redis is not None else []
+    out["queue"] = queue(redis, tag) if redis is not None else {"queued": 0, "waiting": []}
+    out["last"] = all_rows[-defaults.RESULTS_TAIL_ROWS :]
+    return out
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def render_status(snap: dict[str, Any]) -> str:
+    """The status screen: run line, best and gain, counts, noise, LLM, workers, queue."""
+    lines = []
+    run = "running" if snap["running"] else (snap["stop_reason"] or "not running")
+    lines.append(
+        f"run {snap['tag']}: {run}; {snap['experiments']} experiments in "
+        f"{snap['hours']:.2f} h ({snap['per_hour']:.1f}/h)"
+    )
+    best, base = snap["best"], snap["baseline"]
+    if best and base:
+        lines.append(
+            f"best val_bpb {_num(best['val_bpb'], '.6f')} ({best['id']} {best['commit']} "
+            f"{best['description']}); baseline {_num(base['val_bpb'], '.6f')}, gain "
+            f"{_num(snap['gain'], '.6f')}"
+        )
+    else:
+        lines.append("best: no baseline yet")
+    lines.append(
+        "counts: " + (", ".join(f"{k} {v}" for k, v in sorted(snap["counts"].items())) or "-")
+    )
+    nz = snap["noise"]
+    lines.append(
+        f"noise sigma {_num(nz['sigma'], '.4f')} ({nz['dof']} dof), keep margin "
+        f"{_num(nz['margin'], '.4f')}"
+    )
+    llm = snap["llm"]
+    lines.append(
+        f"LLM {llm['model'] or '-'}: {llm['prompt_tokens']} prompt + "
+        f"{llm['completion_tokens']} completion tokens, ${llm['cost_usd']:.4f}"
+    )
+    lines.append(f"workers ({len(snap['workers'])}):")
+    for w in snap["workers"]:
+        doing = "idle"
+        if w["exp_id"]:
+            doing = f"{w['tag']}/{w['exp_id']} {w.get('phase', '')}"
+            if "step" in w:
+                doing += f" step {w['step']}"
+            if "loss" in w:
+                doing += f" loss {w['loss']}"
+            if "remaining_s" in w:
+                doing += f" {w['remaining_s']:.0f}s left"
+            doing += f"  {w['description'][:50]}"
+        lines.append(f"  {w['name']:<32} {w['host']:<16} {w['gpu'] or '-':<6} {doing}")
+    q = snap["queue"]
+    lines.append(
+        f"queue: {q['queued']} waiting" + (f" ({', '.join(q['waiting'])})" if q["waiting"] else "")
+    )
+    return "\n".join(lines)
+
+
+def render_rows(last: list[dict[str, str]]) -> str:
+    """A compact table of results rows: id, status, val_bpb, description, error."""
+    out = []
+    for r in last:
+        note = f"  ({r['error']})" if r.get("error") else ""
+        out.append(
+            f"  {r['id']:>5} {r['status']:<11} {r['val_bpb']:>9} {r['description'][:60]}{note[:80]}"
+        )
+    return "\n".join(out)
+
+
+class Renderer:
+    """Log entries for a terminal (structlog's console renderer) or as JSON lines."""
+
+    def __init__(self, as_json: bool, colors: bool = False):
+        import structlog
+
+        self.as_json = as_json
+        self.console = structlog.dev.ConsoleRenderer(colors=colors)
+
+    def __call__(self, item: dict[str, Any]) -> str:
+        if self.as_json:
+            return json.dumps(item, default=str)
+        event = {k: v for k, v in item.items() if k not in ("t", "kind", "stream_id")}
+        stamp = time.strftime("%H:%M:%S", time.localtime(item["t"]))
+        event["timestamp"] = f"{stamp}.{int(item['t'] * 1000) % 1000:03d}"
+        if not event.get("phase"):
+            event.pop("phase", None)
+        return self.console(None, "info", event)
