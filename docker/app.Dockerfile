@@ -34,7 +34,9 @@ RUN pip install --no-cache-dir \
         redis==8.1.0 \
         structlog==26.1.0 \
         openai==3.57.0 \
-        docker==7.2.0
+        docker==7.2.0 \
+        tqdm==4.70.1 \
+        matplotlib==3.11.2
 
 # The project itself, without its dependency list (which names torch).
 COPY pyproject.toml README.md /opt/autoresearch/

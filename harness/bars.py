@@ -59,6 +59,11 @@ class _Silent:
         pass
 
 
+def silent() -> Bar:
+    """A bar that draws nothing, for a caller that needs one before it knows better."""
+    return _Silent(None)
+
+
 def on_terminal() -> bool:
     """Whether stderr is a terminal, the one place a bar is drawn."""
     try:

@@ -40,6 +40,27 @@ class TeeJSON:
 tee = TeeJSON()
 
 
+class AboveBars:
+    """The console log's stream on a terminal: each line is written above the live progress
+    bars (the run's, harness.bars) instead of into the bar's line."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        tqdm_std = sys.modules.get("tqdm.std")
+        if tqdm_std is None:  # tqdm never loaded: no bar can be live
+            return self.stream.write(text)
+        with tqdm_std.tqdm.external_write_mode(file=self.stream):
+            return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+
 def configure(stream: TextIO | None = None, json_console: bool | None = None) -> None:
     """Configure structlog once; json_console None means: JSON unless stream is a terminal."""
     stream = stream or sys.stderr
@@ -58,7 +79,9 @@ def configure(stream: TextIO | None = None, json_console: bool | None = None) ->
             tee,
             renderer,
         ],
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(
+            AboveBars(stream) if stream.isatty() else stream  # type: ignore[arg-type]
+        ),
         cache_logger_on_first_use=False,
     )
 

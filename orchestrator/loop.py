@@ -40,6 +40,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker_registration import clean_worker_registry, get_keys
 
+from harness import bars
 from harness.manifest import harness_digest
 from harness.profiles import Profile
 from orchestrator import defaults, logs, noise
@@ -197,6 +198,7 @@ class Research:
         self._redis_down_since: float | None = None
         self.harness_sha256 = harness_digest()
         self._published_at = 0.0
+        self.bar: bars.Bar = bars.silent()  # run() makes the real one
 
     # ----- ids and state -----
     def new_id(self) -> str:
@@ -247,6 +249,7 @@ class Research:
         )
         self._sync_published(rows)
         self.publish_state(status="running", stop_reason="")
+        self.bar = bars.bar(f"run {self.tag}", "exp", total=self.limits.max_experiments)
         try:
             self.reconcile()
             if not self.established and not any(
@@ -260,6 +263,8 @@ class Research:
             self.stop_reason = "interrupted (Ctrl-C)"
             self.log.warning("run.interrupted", cancelled=sorted(self.flights))
             self.cancel_all()
+        finally:
+            self.bar.close()
         return self.summary()
 
     def idle(self) -> bool:
@@ -1038,6 +1043,8 @@ class Research:
             written = self.results.append(row)
         self.session_rows.append({**row, "total_s": result.get("total_s")})
         self._publish_row(written, note)
+        if decision not in ("noise", "confirm") and proposal.proposer != "baseline":
+            self.bar.update(1)  # the bar counts candidates, as --max-experiments does
         self.log.info(
             "decided",
             id=exp_id,
@@ -1110,10 +1117,25 @@ class Research:
         pipe.hgetall(key)
         saved = pipe.execute()[-1]
         self._published_at = time.monotonic()
+        self._describe_bar()
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / (defaults.STATE_FILE + ".tmp")
         tmp.write_text(json.dumps({_text(k): _text(v) for k, v in saved.items()}, indent=1))
         tmp.replace(self.folder / defaults.STATE_FILE)
+
+    def _describe_bar(self) -> None:
+        """The run's bar (a terminal only): best and gain, counts, jobs running and queued."""
+        rows = self.results.rows()
+        kept = [r for r in rows if r["status"] == "keep"]
+        base = noise.commit_value(rows, kept[0]["commit"]) if kept else None
+        best = "" if self.best is None else f"best {self.best:.4f}"
+        if best and base is not None:
+            best += f" ({base - self.best:+.4f})"
+        tally = counts(rows)
+        shown = " ".join(f"{k} {tally[k]}" for k in ("keep", "discard", "crash") if k in tally)
+        self.bar.set_postfix_str(
+            " | ".join(p for p in (best, shown, f"{len(self.flights)} in flight") if p)
+        )
 
     def _sync_published(self, rows: list[dict[str, str]]) -> None:
         """Redis's copy of the rows matches results.tsv (a Redis that lost its data, or a

@@ -20,6 +20,7 @@ from orchestrator.loop import Limits, Policy
 from tests import test_scheduling
 from tests.conftest import clean_env, git
 from tests.test_loop import _wait_for
+from tests.test_progress_bars import assert_log_lines_stand_alone, final_bar, run_on_terminal
 from tests.test_scheduling import SIM_TRAIN, ScriptedEdits, lr_edits
 from worker import contract
 from worker.settings import log_stream_key
@@ -175,3 +176,22 @@ def test_logs_follow_and_status_on_a_live_run(make, pool, sim_repo, redis_server
     assert missing.returncode == 2 and err.strip().startswith(
         "autoresearch: error: no log for s/0099"
     )
+
+
+def test_run_on_a_terminal_draws_its_bar_and_keeps_log_lines_whole(sim_repo, data_dir):
+    """A person watching `run`: one bar counting candidates against --max-experiments, with
+    best, counts and jobs in flight; the console log's lines go above it."""
+    (sim_repo / "workspace" / "train.py").write_text("SIM_HOLD_S = 0.3\n" + SIM_TRAIN)
+    git(sim_repo, "commit", "-qam", "short experiments")
+    code, _out, terminal = run_on_terminal(
+        [sys.executable, "-m", "orchestrator.cli", "run", "--tag", "bar", "--runner", "simulate"]
+        + ["--max-experiments", "3", "--noise-runs", "1", "--no-confirm"]
+        + ["--train-wall", "5", "--eval-wall", "5"],
+        cwd=sim_repo,
+        AUTORESEARCH_DATA_DIR=str(data_dir),
+    )
+    assert code == 0, terminal[-3000:]
+    last = final_bar(terminal, "run bar")
+    assert "3/3" in last and "100%" in last and "best 1.0" in last, last
+    assert "keep 1" in last and "discard" in last, last
+    assert_log_lines_stand_alone(terminal, "decided")

@@ -79,7 +79,9 @@ def _env() -> dict[str, str]:
     return clean_env(TERM="xterm", no_proxy="*")
 
 
-def run_on_terminal(argv: list[str], stdout_too: bool = True) -> tuple[int, str, str]:
+def run_on_terminal(
+    argv: list[str], stdout_too: bool = True, cwd: Path = REPO_ROOT, **env: str
+) -> tuple[int, str, str]:
     """Run argv with stderr, and stdout unless told not to, on a pseudo-terminal.
 
     Returns the exit code, what came through a piped stdout ("" when it was the terminal)
@@ -90,8 +92,8 @@ def run_on_terminal(argv: list[str], stdout_too: bool = True) -> tuple[int, str,
     try:
         proc = subprocess.Popen(
             argv,
-            cwd=REPO_ROOT,
-            env=_env(),
+            cwd=cwd,
+            env={**_env(), **env},
             stdin=subprocess.DEVNULL,
             stdout=slave if stdout_too else subprocess.PIPE,
             stderr=slave,
