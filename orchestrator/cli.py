@@ -1,4 +1,5 @@
-"""`autoresearch`: prepare data, run the research loop, serve as a worker, evaluate, status.
+"""`autoresearch`: prepare data, run the research loop, serve as a worker, evaluate, verify,
+and watch a run (status, logs, report, dashboard).
 
 Exit codes: 0 done, 1 the run failed (the message says why), 2 bad settings or input.
 """
@@ -723,24 +724,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     from orchestrator import view
 
     redis, runs_dir, tag = _reader(args)
-    while True:
-        snap = view.snapshot(redis, tag, runs_dir)
-        if not snap["rows"] and not snap["workers"] and not snap["state"]:
-            return _die(f"run {tag}: nothing recorded yet, in Redis or under {runs_dir / tag}", 2)
-        if args.json:
-            text = json.dumps(snap, default=str)
-        else:
-            text = view.render_status(snap)
-            if args.rows > 0 and snap["last"]:
-                text += "\nlast rows:\n" + view.render_rows(snap["last"][-args.rows :])
-        if args.watch is None:
-            print(text)
-            return 0
-        print("\x1b[H\x1b[2J" + text, flush=True)  # home, clear screen: redraw in place
-        try:
+    try:
+        while True:
+            snap = view.snapshot(redis, tag, runs_dir)
+            if not snap["rows"] and not snap["workers"] and not snap["state"]:
+                where = runs_dir / tag
+                return _die(f"run {tag}: nothing recorded yet, in Redis or under {where}", 2)
+            if args.json:
+                text = json.dumps(snap, default=str)
+            else:
+                text = view.render_status(snap)
+                if args.rows > 0 and snap["last"]:
+                    text += "\nlast rows:\n" + view.render_rows(snap["last"][-args.rows :])
+            if args.watch is None:
+                print(text)
+                return 0
+            print("\x1b[H\x1b[2J" + text, flush=True)  # home, clear screen: redraw in place
             time.sleep(max(args.watch, 0.2))
-        except KeyboardInterrupt:
-            return 0
+    except KeyboardInterrupt:  # how --watch ends
+        return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -171,6 +172,15 @@ def test_logs_follow_and_status_on_a_live_run(make, pool, sim_repo, redis_server
     ]
     assert [e["event"] for e in old] == [e["event"] for e in live]
     assert old[-1]["event"] == "experiment.end" and old[-1]["status"] == "ok"
+    # --watch redraws in place until Ctrl-C, which ends it cleanly.
+    watch = _cli(sim_repo, "status", "--watch", "0.2", *where)
+    screens = ""
+    while screens.count("\x1b[H\x1b[2J") < 3:
+        screens += watch.stdout.readline()
+    watch.send_signal(signal.SIGINT)
+    assert watch.wait(timeout=30) == 0
+    assert screens.count("run s: max experiments (2) reached") >= 2
+
     missing = _cli(sim_repo, "logs", "0099", *where)
     _out, err = missing.communicate(timeout=30)
     assert missing.returncode == 2 and err.strip().startswith(
