@@ -205,6 +205,7 @@ def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -
                 "id": r["id"],
                 "commit": r["commit"],
                 "val_bpb": _f(r["val_bpb"]),
+                "mean": noise.commit_value(all_rows, r["commit"]),  # over its runs
                 "description": r["description"],
             }
             for r in kept
