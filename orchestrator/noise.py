@@ -18,7 +18,8 @@ MEASURED = ("keep", "discard", "confirm", "noise")
 FRONTIER = ("keep", "confirm", "noise")
 
 
-def _value(row: dict[str, str]) -> float | None:
+def row_value(row: dict[str, str]) -> float | None:
+    """A row's val_bpb when it is a real measurement (a crash's 0.0 is not)."""
     try:
         value = float(row.get("val_bpb") or 0)
     except ValueError:
@@ -31,7 +32,7 @@ def measurements(rows: Iterable[dict[str, str]], commit: str, statuses=FRONTIER)
     out = []
     for row in rows:
         if row["status"] in statuses and row["commit"] == commit[:7]:
-            value = _value(row)
+            value = row_value(row)
             if value is not None:
                 out.append(value)
     return out
@@ -52,7 +53,7 @@ def pooled_sigma(rows: Iterable[dict[str, str]]) -> tuple[float, int]:
     groups: dict[str, list[float]] = {}
     for row in rows:
         if row["status"] in MEASURED:
-            value = _value(row)
+            value = row_value(row)
             if value is not None:
                 groups.setdefault(row["commit"], []).append(value)
     squares, dof = 0.0, 0

@@ -40,15 +40,6 @@ def _no_rows(what: str) -> ValueError:
     return ValueError(f"no results rows: nothing to {what} (has the run recorded anything?)")
 
 
-def _value(row: dict[str, str]) -> float | None:
-    """A row's val_bpb when it is a real measurement (a crash's 0.0 is not)."""
-    try:
-        value = float(row.get("val_bpb") or 0)
-    except ValueError:
-        return None
-    return value if value > 0 and math.isfinite(value) else None
-
-
 def _short(text: str, limit: int = LABEL_CHARS) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -85,7 +76,7 @@ def progress_series(rows: list[dict[str, str]]) -> dict[str, Any]:
     }
     measured: list[float] = []
     for x, row in enumerate(ran):
-        status, value = row["status"], _value(row)
+        status, value = row["status"], noise.row_value(row)
         if status in CRASHED or value is None:
             series["crash"].append(x)
             continue
@@ -270,13 +261,13 @@ def kept_table(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
         if row["status"] != "keep":
             continue
         runs = noise.measurements(rows, row["commit"])
-        mean = sum(runs) / len(runs) if runs else _value(row)
+        mean = sum(runs) / len(runs) if runs else noise.row_value(row)
         prev = out[-1]["mean"] if out else None
         out.append(
             {
                 "id": row.get("id", ""),
                 "commit": row["commit"],
-                "val_bpb": _value(row),
+                "val_bpb": noise.row_value(row),
                 "mean": mean,
                 "runs": len(runs),
                 "gain": (prev - mean) if prev is not None and mean is not None else None,

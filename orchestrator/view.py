@@ -22,25 +22,13 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from orchestrator import defaults, noise
-from orchestrator.results import ResultsFile, counts
+from orchestrator.results import ROW_STATUSES, ResultsFile, counts
 from worker import contract
 from worker.settings import log_stream_key
 
 # Statuses whose run used a worker (a rejected proposal never ran; an infra_error is the
 # machine's failure, not an experiment).
-RAN = (
-    "keep",
-    "discard",
-    "crash",
-    "oom",
-    "nan",
-    "timeout",
-    "overtime",
-    "noise",
-    "confirm",
-    "reapplied",
-    "stale",
-)
+RAN = tuple(s for s in ROW_STATUSES if s not in ("rejected", "infra_error"))
 # A state hash not updated for this long belongs to an orchestrator that is gone.
 STALE_STATE_S = 120.0
 
