@@ -243,11 +243,17 @@ def workers(redis: Any, tag: str | None = None) -> list[dict[str, Any]]:
         }
         out.append(item)
         if item["exp_id"]:
-            pipe.xrevrange(log_stream_key(item["tag"], item["exp_id"]), count=50)
+            key = log_stream_key(item["tag"], item["exp_id"])
+            pipe.xrange(key, count=1)  # experiment.start: the worker's GPU
+            pipe.xrevrange(key, count=50)
     replies = iter(pipe.execute())
     for item in out:
         if not item["exp_id"]:
             continue
+        for stream_id, fields in next(replies):
+            start = entry(fields, item["exp_id"], stream_id)
+            if start["event"] == "experiment.start" and "gpu" in start:
+                item["gpu"] = "cpu" if start["gpu"] is None else f"gpu{start['gpu']}"
         for stream_id, fields in next(replies):
             e = entry(fields, item["exp_id"], _s(stream_id))
             item.setdefault("phase", e["phase"])

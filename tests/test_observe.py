@@ -118,7 +118,7 @@ def test_logs_follow_and_status_on_a_live_run(make, pool, sim_repo, redis_server
     assert snap["running"] and snap["state"]["status"] == "running"
     assert len(snap["workers"]) == 2
     busy = [w for w in snap["workers"] if w["exp_id"]]
-    assert busy and all(w["tag"] == "s" and w["host"] for w in busy)
+    assert busy and all(w["tag"] == "s" and w["host"] and w["gpu"] == "cpu" for w in busy)
     live = [w for w in busy if "step" in w]
     assert live and all({"loss", "remaining_s", "age_s"} <= set(w) for w in live)
     assert all(0 <= w["remaining_s"] < 2.5 for w in live)
