@@ -31,6 +31,7 @@ examples:
   autoresearch logs -f                     # every experiment's lines as they come
   autoresearch logs 0012 --json            # one experiment, JSON lines
   autoresearch report                      # progress.png and report.md in the run folder
+  autoresearch dashboard                   # http://127.0.0.1:8765/: chart, workers, live logs
   autoresearch verify 0012 --tag nov28     # re-run a recorded experiment, compare
   autoresearch run --tag dry --runner simulate --local-workers 8   # the scheduler, no GPU
 """

@@ -16,16 +16,14 @@ import select
 import subprocess
 import sys
 import termios
-import threading
 import time
-from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from tests import test_download
 from tests.conftest import REPO_ROOT, clean_env, write_corpus
-from tests.test_download import Handler, State, make_parquet, texts_for
+from tests.test_download import State, make_parquet, texts_for
 
 # What a bar leaves in its output: tqdm's percent-and-bar joint, its rates and names, the
 # block characters (tqdm's and the tokenizers library's), the library's stage names, and
@@ -232,20 +230,15 @@ def test_bars_leave_the_prepared_data_alone(cli_prepare: dict[str, tuple[int, st
     assert on_terminal == fingerprint(cli_prepare["piped"][1])
 
 
+# tests/test_download.py's scripted HTTP server (a fixture), here serving shards 0, 1 and 2.
+server = test_download.server
+
+
 @pytest.fixture
-def shard_server() -> Iterator[State]:
-    """tests/test_download.py's scripted HTTP server, serving shards 0, 1 and 2."""
-    state = State()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.state = state  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+def shard_server(server: State) -> State:
     for i in range(3):
-        state.add(i, make_parquet(texts_for(i, 200)))
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+        server.add(i, make_parquet(texts_for(i, 200)))
+    return server
 
 
 def bytes_shown(n: int) -> str:
