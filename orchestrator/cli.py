@@ -737,6 +737,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 text = view.render_status(snap)
                 if args.rows > 0 and snap["last"]:
                     text += "\nlast rows:\n" + view.render_rows(snap["last"][-args.rows :])
+                text = view.printable(text)  # descriptions come from the LLM
             if args.watch is None:
                 print(text)
                 return 0

@@ -7,6 +7,7 @@ console renderer, so the file is complete whatever the terminal shows.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,6 +39,22 @@ class TeeJSON:
 
 
 tee = TeeJSON()
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text safe for a terminal: control characters shown as \\xNN. Log lines come from the
+    candidate and descriptions from the LLM; an escape sequence in either must not reach
+    the user's terminal as one (it could retitle, recolour or rewrite the screen)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def printable_values(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """For the console only (the JSON file keeps the exact text): control characters in
+    string values shown as \\xNN, since descriptions come from the LLM and errors from the
+    candidate, and an escape sequence must not reach the terminal as one."""
+    return {k: printable(v) if isinstance(v, str) else v for k, v in event.items()}
 
 
 class AboveBars:
@@ -77,6 +94,7 @@ def configure(stream: TextIO | None = None, json_console: bool | None = None) ->
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             tee,
+            *([] if json_console else [printable_values]),
             renderer,
         ],
         logger_factory=structlog.PrintLoggerFactory(

@@ -22,6 +22,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from orchestrator import defaults, noise
+from orchestrator.logs import printable
 from orchestrator.results import ROW_STATUSES, ResultsFile, counts
 from worker import contract
 from worker.settings import log_stream_key
@@ -406,4 +407,5 @@ class Renderer:
         event["timestamp"] = f"{stamp}.{int(item['t'] * 1000) % 1000:03d}"
         if not event.get("phase"):
             event.pop("phase", None)
+        event = {k: printable(v) if isinstance(v, str) else v for k, v in event.items()}
         return self.console(None, "info", event)

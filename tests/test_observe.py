@@ -205,3 +205,38 @@ def test_run_on_a_terminal_draws_its_bar_and_keeps_log_lines_whole(sim_repo, dat
     assert "3/3" in last and "100%" in last and "best 1.0" in last, last
     assert "keep 1" in last and "discard" in last, last
     assert_log_lines_stand_alone(terminal, "decided")
+
+
+def test_terminal_output_shows_control_characters_instead_of_sending_them():
+    """A candidate's output or an LLM's description could carry escape sequences: on a
+    terminal `logs` and `status` show them as \\xNN, never emit them."""
+    hostile = "loss\x1b]0;owned\x07 \x1b[2J\x9b1m done\ttab"
+    line = view.Renderer(as_json=False, colors=True)(
+        {"t": 0.0, "id": "0001", "phase": "train", "event": hostile, "kind": "line"}
+    )
+    assert "\x1b]0;" not in line and "\x07" not in line and "\x9b" not in line
+    assert "\\x1b]0;owned\\x07" in line and "\\x9b1m" in line and "\ttab" in line
+    assert view.printable("a\x1b[2Jb\nc") == "a\\x1b[2Jb\nc"
+    # JSON lines keep the text exactly (json escapes it).
+    raw = view.Renderer(as_json=True)({"t": 0.0, "event": hostile})
+    assert json.loads(raw)["event"] == hostile and "\x1b" not in raw
+
+
+def test_the_run_console_log_shows_control_characters_and_the_file_keeps_them(tmp_path):
+    import io
+
+    import structlog
+
+    from orchestrator import logs
+
+    console = io.StringIO()
+    try:
+        logs.configure(stream=console, json_console=False)
+        logs.tee.open(tmp_path / "run.jsonl")
+        logs.get().info("decided", description="x\x1b[2Jy")
+    finally:
+        logs.tee.close()
+        structlog.reset_defaults()
+    assert "description=x\\x1b[2Jy" in console.getvalue() and "\x1b[2J" not in console.getvalue()
+    record = json.loads((tmp_path / "run.jsonl").read_text())
+    assert record["description"] == "x\x1b[2Jy"
