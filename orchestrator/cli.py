@@ -758,24 +758,33 @@ def cmd_logs(args: argparse.Namespace) -> int:
     as_json = args.json if args.json is not None else not sys.stdout.isatty()
     render = view.Renderer(as_json, colors=sys.stdout.isatty())
     key = log_stream_key(tag, args.id) if args.id else contract.run_log_key(tag)
-    if redis is None or not (redis.exists(key) or args.follow):
+    live = redis is not None and bool(redis.exists(key))
+    if not live:
         items = view.folder_log(runs_dir, tag, args.id)
-        if not items:
-            where = f"{tag}/{args.id}" if args.id else tag
-            return _die(f"no log for {where}: not in Redis and none under {runs_dir / tag}", 2)
-        for item in items[-args.lines :] if args.lines else items:
-            print(render(item), flush=True)
-        return 0
+        rows = view.rows(redis, tag, runs_dir) if args.id and not items else []
+        row = next((r for r in rows if r["id"] == args.id), None)
+        if items or row or redis is None or not args.follow:
+            if not items:
+                where = f"{tag}/{args.id}" if args.id else tag
+                if row is not None:  # recorded without a log: a proposal that never ran
+                    print(view.printable(f"{where}: {row['status']}, no log ({row['error']})"))
+                    return 0
+                return _die(f"no log for {where}: not in Redis and none under {runs_dir / tag}", 2)
+            for item in items[-args.lines :] if args.lines else items:
+                print(render(item), flush=True)
+            return 0
+        # -f on an experiment that has not started yet: wait for its stream.
     try:
-        last, backlog = "0-0", []
+        last, backlog, ended = "0-0", [], False
         while batch := view.read_stream(redis, key, last):
             backlog += batch
             last = batch[-1][0]
         for stream_id, fields in backlog[-args.lines :] if args.lines else backlog:
             item = view.entry(fields, args.id or "", stream_id)
             print(render(item), flush=True)
-            if args.id and view.is_end(item):
-                return 0  # the experiment is over: nothing more will come
+            ended = ended or (bool(args.id) and view.is_end(item))
+        if ended:
+            return 0  # decided: nothing more will come
         while args.follow:
             for stream_id, fields in view.read_stream(redis, key, last, block_ms=1000):
                 last = stream_id
@@ -827,6 +836,8 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure()
+    import redis as redis_lib
+
     from harness.manifest import DataNotPrepared
     from orchestrator.gitstore import GitError
     from orchestrator.loop import BaselineFailed
@@ -841,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
         return _die(str(exc), 1)
     except KeyboardInterrupt:
         return _die("interrupted", 130)
+    except redis_lib.RedisError as exc:  # e.g. a run's embedded Redis stopped with the run
+        return _die(f"Redis: {exc} (a run that ended: its folder still answers)", 1)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from orchestrator.proposers.base import Proposal, ProposalRequest, Proposer
 from orchestrator.results import ResultsFile, best_kept, counts
 from orchestrator.validate import CandidateRejected, normalized_hash, validate_candidate
 from worker import contract
-from worker.settings import STREAM_MAXLEN
+from worker.settings import STREAM_MAXLEN, STREAM_TTL_S, log_stream_key
 
 
 class BaselineFailed(RuntimeError):
@@ -198,6 +198,7 @@ class Research:
         self._redis_down_since: float | None = None
         self.harness_sha256 = harness_digest()
         self._published_at = 0.0
+        self._resync = False  # Redis missed a row: copy them all again at the next publish
         self.bar: bars.Bar = bars.silent()  # run() makes the real one
 
     # ----- ids and state -----
@@ -247,8 +248,10 @@ class Research:
             policy=self.policy.__dict__,
             results=str(self.results.path),
         )
+        if created:
+            self._forget_published()  # a new run under an old tag: not the old one's trail
         self._sync_published(rows)
-        self.publish_state(status="running", stop_reason="")
+        self.publish_state(status="running", stop_reason="", started=f"{time.time():.3f}")
         self.bar = bars.bar(f"run {self.tag}", "exp", total=self.limits.max_experiments)
         try:
             self.reconcile()
@@ -1043,7 +1046,10 @@ class Research:
             written = self.results.append(row)
         self.session_rows.append({**row, "total_s": result.get("total_s")})
         self._publish_row(written, note)
-        if decision not in ("noise", "confirm") and proposal.proposer != "baseline":
+        if decision not in ("noise", "confirm") and proposal.proposer not in (
+            "baseline",
+            "reapply",
+        ):
             self.bar.update(1)  # the bar counts candidates, as --max-experiments does
         self.log.info(
             "decided",
@@ -1080,16 +1086,24 @@ class Research:
             "results": str(self.results.path),
         }
         self.log.info("run.end", **out)
-        try:
-            self.publish_state(status="stopped", stop_reason=self.stop_reason or "done")
-        except redis.RedisError as exc:  # the summary must print without Redis
-            self.log.warning("state.unpublished", error=str(exc))
+        self.publish_state(status="stopped", stop_reason=self.stop_reason or "done")
         return out
 
     # ----- what other hosts see: status, logs -f, the dashboard (orchestrator/view.py) -----
     def publish_state(self, **fields: str) -> None:
         """The run's state hash (also written to state.json in the run folder, for when
-        Redis is gone) and its place in the index of runs."""
+        Redis is gone) and its place in the index of runs. Best effort: what other hosts
+        see must never stop the loop; a failed publish is redone in full next time."""
+        try:
+            if self._resync:
+                self._sync_published(self.results.rows())
+                self._resync = False
+            self._publish_state(**fields)
+        except redis.RedisError as exc:
+            self._resync = True
+            self.log.warning("state.unpublished", error=str(exc))
+
+    def _publish_state(self, **fields: str) -> None:
         now = time.time()
         sigma, dof = noise.pooled_sigma(self.results.rows())
         state = {
@@ -1111,7 +1125,7 @@ class Research:
         }
         key = contract.run_state_key(self.tag)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hsetnx(key, "started", f"{now:.3f}")
+        pipe.hsetnx(key, "started", f"{now:.3f}")  # run() sets it for each session
         pipe.hset(key, mapping=state)
         pipe.zadd(contract.RUNS_KEY, {self.tag: now})
         pipe.hgetall(key)
@@ -1137,6 +1151,14 @@ class Research:
             " | ".join(p for p in (best, shown, f"{len(self.flights)} in flight") if p)
         )
 
+    def _forget_published(self) -> None:
+        """Drop what Redis holds under this tag (state, rows, log streams): left by an
+        earlier run whose branch is gone, it would be shown as this run's."""
+        keys = [contract.run_state_key(self.tag), contract.results_key(self.tag)]
+        keys += [contract.run_log_key(self.tag)]
+        keys += list(self.redis.scan_iter(match=log_stream_key(self.tag, "*"), count=1000))
+        self.redis.delete(*keys)
+
     def _sync_published(self, rows: list[dict[str, str]]) -> None:
         """Redis's copy of the rows matches results.tsv (a Redis that lost its data, or a
         run from before the copy existed, gets them again)."""
@@ -1150,7 +1172,17 @@ class Research:
         pipe.execute()
 
     def _publish_row(self, row: dict[str, str], note: str | None) -> None:
-        """The row for readers on other hosts, and the decision in the run's log stream."""
+        """The row for readers on other hosts, and the decision in the run's log stream and
+        the experiment's (where `logs ID -f` ends). Best effort, like publish_state."""
+        try:
+            self._publish_row_now(row)
+        except redis.RedisError as exc:
+            self._resync = True
+            self.log.warning("row.unpublished", id=row["id"], error=str(exc))
+            return
+        self.publish_state()
+
+    def _publish_row_now(self, row: dict[str, str]) -> None:
         event = {
             "event": "decided",
             "status": row["status"],
@@ -1158,19 +1190,16 @@ class Research:
             "description": row["description"],
             "error": row["error"],
         }
+        fields = {
+            "kind": "event",
+            "phase": "decide",
+            "text": json.dumps(event),
+            "t": f"{time.time():.3f}",
+            "id": row["id"],
+        }
         pipe = self.redis.pipeline(transaction=False)
         pipe.rpush(contract.results_key(self.tag), json.dumps(row))
-        pipe.xadd(
-            contract.run_log_key(self.tag),
-            {
-                "kind": "event",
-                "phase": "decide",
-                "text": json.dumps(event),
-                "t": f"{time.time():.3f}",
-                "id": row["id"],
-            },
-            maxlen=STREAM_MAXLEN,
-            approximate=True,
-        )
+        for key in (contract.run_log_key(self.tag), log_stream_key(self.tag, row["id"])):
+            pipe.xadd(key, fields, maxlen=STREAM_MAXLEN, approximate=True)
+        pipe.expire(log_stream_key(self.tag, row["id"]), STREAM_TTL_S)
         pipe.execute()
-        self.publish_state()

@@ -192,6 +192,7 @@ def progress_figure(rows: list[dict[str, str]], title: str) -> Figure:
             color="#1b5e20",
             # A faint white box keeps the label readable over the grey dots.
             bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.6),
+            parse_math=False,  # an LLM's "$x$" is text, not a formula matplotlib may reject
         )
     ax.set_ylim(*s["ylim"])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -300,8 +301,8 @@ def markdown(
     model = f" ({llm['model']})" if llm.get("model") else ""
     figures = [
         ("Experiments run", f"{s['experiments']} ({s['rows']} rows)"),
-        ("Hours", f"{s['hours']:.2f}"),
-        ("Experiments per hour", f"{s['per_hour']:.1f}"),
+        ("Hours (the last session)", f"{s['hours']:.2f}"),
+        ("Experiments per hour (the last session)", f"{s['per_hour']:.1f}"),
         ("Baseline val_bpb", f"{_f6(base['val_bpb'])} ({base['id']})" if base else "-"),
         (
             "Best val_bpb",

@@ -30,6 +30,8 @@ from worker.settings import log_stream_key
 # Statuses whose run used a worker (a rejected proposal never ran; an infra_error is the
 # machine's failure, not an experiment).
 RAN = tuple(s for s in ROW_STATUSES if s not in ("rejected", "infra_error"))
+# An entry's own fields: a metrics line's keys with these names get a trailing "_".
+RESERVED = ("t", "id", "phase", "stream_id", "kind", "event")
 # A state hash not updated for this long belongs to an orchestrator that is gone.
 STALE_STATE_S = 120.0
 
@@ -58,8 +60,12 @@ def entry(fields: dict[Any, Any], exp_id: str = "", stream_id: str = "") -> dict
             data = {"line": text}
         if not isinstance(data, dict):
             data = {"value": data}
-        out["event"] = str(data.pop("event", "metrics" if kind == "metrics" else "event"))
-        out.update(data)
+        if kind == "metrics":  # the candidate's fields: they may not pose as ours
+            out["event"] = "metrics"
+            data = {(f"{k}_" if k in RESERVED else str(k)): v for k, v in data.items()}
+        else:
+            out["event"] = str(data.pop("event", "event"))
+        out.update({k: v for k, v in data.items() if k not in out})
     else:
         out["event"] = text
     out["kind"] = kind
@@ -106,8 +112,31 @@ def folder_log(runs_dir: Path, tag: str, exp_id: str | None) -> list[dict[str, A
                 item.update(event=event, kind="metrics" if event == "metrics" else "event")
             item.update(rec)
             out.append(item)
+        decided = _decided_from(folder)
+        if decided is not None:
+            out.append(decided)
     out.sort(key=lambda e: e["t"])
     return out
+
+
+def _decided_from(folder: Path) -> dict[str, Any] | None:
+    """The orchestrator's decision (decision.json) as the `decided` entry its stream had."""
+    path = folder / "decision.json"
+    try:
+        decision = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    result = decision.get("result") or {}
+    return {
+        "t": path.stat().st_mtime,
+        "id": folder.name,
+        "phase": "decide",
+        "event": "decided",
+        "kind": "event",
+        "status": decision.get("decision"),
+        "val_bpb": result.get("val_bpb"),
+        "error": result.get("error") or decision.get("note"),
+    }
 
 
 def _epoch(stamp: str) -> float:
@@ -120,11 +149,9 @@ def _epoch(stamp: str) -> float:
 
 
 def is_end(item: dict[str, Any]) -> bool:
-    """The last entry a worker writes for one experiment."""
-    return item.get("kind") == "event" and item.get("event") in (
-        "experiment.end",
-        "experiment.infra_error",
-    )
+    """The last entry of one experiment's stream: the orchestrator's decision (after the
+    worker's end, after any retry of an infra_error, after a confirmation run)."""
+    return item.get("kind") == "event" and item.get("event") == "decided"
 
 
 # ----- the run -----
@@ -177,7 +204,10 @@ def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -
     base_value = noise.commit_value(all_rows, baseline["commit"]) if baseline else None
     sigma, dof = noise.pooled_sigma(all_rows)
     ran = [r for r in all_rows if r["status"] in RAN]
+    # The rate of this session (the state's start): an earlier session's rows and the time
+    # between sessions would both distort it.
     started = _f(state.get("started")) or (_epoch(all_rows[0]["time"]) if all_rows else now)
+    session = [r for r in ran if _epoch(r["time"]) >= started - 1]
     running = state.get("status") == "running" and now - (_f(state.get("updated")) or 0) < (
         STALE_STATE_S
     )
@@ -211,8 +241,8 @@ def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -
             "model": state.get("model", ""),
         },
         "experiments": len(ran),
-        "hours": hours,
-        "per_hour": len(ran) / hours,
+        "hours": hours,  # this session's
+        "per_hour": len(session) / hours,
         "running": running,
         "stop_reason": state.get("stop_reason", ""),
     }
@@ -260,8 +290,9 @@ def workers(redis: Any, tag: str | None = None) -> list[dict[str, Any]]:
             item.setdefault("phase", e["phase"])
             if e["kind"] == "metrics":
                 for key in ("step", "loss", "tok_per_s", "elapsed_s", "remaining_s", "progress"):
-                    if key in e:
-                        item[key] = e[key]
+                    value = e.get(key)  # the candidate's: numbers only
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        item[key] = value
                 item["age_s"] = round(time.time() - e["t"], 1)
                 break
     if tag is not None:
@@ -334,8 +365,8 @@ def render_status(snap: dict[str, Any]) -> str:
     lines = []
     run = "running" if snap["running"] else (snap["stop_reason"] or "not running")
     lines.append(
-        f"run {snap['tag']}: {run}; {snap['experiments']} experiments in "
-        f"{snap['hours']:.2f} h ({snap['per_hour']:.1f}/h)"
+        f"run {snap['tag']}: {run}; {snap['experiments']} experiments; "
+        f"{snap['per_hour']:.1f}/h over this session's {snap['hours']:.2f} h"
     )
     best, base = snap["best"], snap["baseline"]
     if best and base:
@@ -407,5 +438,7 @@ class Renderer:
         event["timestamp"] = f"{stamp}.{int(item['t'] * 1000) % 1000:03d}"
         if not event.get("phase"):
             event.pop("phase", None)
-        event = {k: printable(v) if isinstance(v, str) else v for k, v in event.items()}
+        event = {
+            printable(str(k)): printable(v) if isinstance(v, str) else v for k, v in event.items()
+        }
         return self.console(None, "info", event)

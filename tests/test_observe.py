@@ -18,6 +18,7 @@ from harness.context import Context
 from harness.manifest import load_manifest
 from orchestrator import view
 from orchestrator.loop import Limits, Policy
+from orchestrator.results import COLUMNS
 from tests import test_scheduling
 from tests.conftest import clean_env, git
 from tests.test_loop import _wait_for
@@ -108,6 +109,11 @@ def test_logs_follow_and_status_on_a_live_run(make, pool, sim_repo, redis_server
             timeout=60,
         )
 
+    # What an earlier run under the same tag left in Redis is not this run's.
+    r.redis.hset(contract.run_state_key("s"), mapping={"started": "1", "status": "stopped"})
+    stale = {c: "" for c in COLUMNS} | {"id": "0000", "status": "keep", "commit": "0ld0ld0"}
+    r.redis.rpush(contract.results_key("s"), json.dumps(stale | {"time": "2026-01-01T00:00:00Z"}))
+    r.redis.xadd(log_stream_key("s", "0001"), {"kind": "line", "text": "old run", "t": "1"})
     side = threading.Thread(target=look)
     side.start()
     r.run()
@@ -171,7 +177,8 @@ def test_logs_follow_and_status_on_a_live_run(make, pool, sim_repo, redis_server
         if x
     ]
     assert [e["event"] for e in old] == [e["event"] for e in live]
-    assert old[-1]["event"] == "experiment.end" and old[-1]["status"] == "ok"
+    assert old[-2]["event"] == "experiment.end" and old[-2]["status"] == "ok"
+    assert old[-1]["event"] == "decided" and old[-1]["status"] == rows[1]["status"]
     # --watch redraws in place until Ctrl-C, which ends it cleanly.
     watch = _cli(sim_repo, "status", "--watch", "0.2", *where)
     screens = ""
@@ -180,6 +187,10 @@ def test_logs_follow_and_status_on_a_live_run(make, pool, sim_repo, redis_server
     watch.send_signal(signal.SIGINT)
     assert watch.wait(timeout=30) == 0
     assert screens.count("run s: max experiments (2) reached") >= 2
+
+    followed = _cli(sim_repo, "logs", "0001", "-f", *where).communicate(timeout=30)[0]
+    assert [json.loads(x)["event"] for x in followed.splitlines()] == [e["event"] for e in old]
+    assert "old run" not in out  # the earlier run's stream was dropped at the start
 
     missing = _cli(sim_repo, "logs", "0099", *where)
     _out, err = missing.communicate(timeout=30)
@@ -240,3 +251,42 @@ def test_the_run_console_log_shows_control_characters_and_the_file_keeps_them(tm
     assert "description=x\\x1b[2Jy" in console.getvalue() and "\x1b[2J" not in console.getvalue()
     record = json.loads((tmp_path / "run.jsonl").read_text())
     assert record["description"] == "x\x1b[2Jy"
+
+
+def test_a_candidates_metrics_cannot_pose_as_the_entrys_own_fields():
+    fields = {
+        "kind": "metrics",
+        "phase": "train",
+        "t": "100.5",
+        "text": json.dumps({"t": "3s", "id": "9999", "event": "decided", "step": 3}),
+    }
+    item = view.entry(fields, "0001", "1-0")
+    assert (item["t"], item["id"], item["event"], item["stream_id"]) == (
+        100.5,
+        "0001",
+        "metrics",
+        "1-0",
+    )
+    assert (item["t_"], item["id_"], item["event_"], item["step"]) == ("3s", "9999", "decided", 3)
+    assert not view.is_end(item)
+    assert "id=0001" in view.Renderer(as_json=False)(item)
+
+
+def test_experiments_per_hour_counts_this_session_only():
+    def ran(i: int, at: str) -> dict[str, str]:
+        return {
+            "id": f"{i:04d}",
+            "status": "discard",
+            "commit": f"c{i:06d}",
+            "val_bpb": "1.0",
+            "time": at,
+            "prompt_tokens": "",
+            "completion_tokens": "",
+            "cost_usd": "",
+        }
+
+    earlier = [ran(i, "2026-01-01T00:00:00Z") for i in range(100)]
+    today = [ran(100 + i, "2026-01-02T00:30:00Z") for i in range(6)]
+    started = "1767312000"  # 2026-01-02T00:00:00Z: this session's start
+    s = view.summary(earlier + today, {"started": started, "status": "stopped"}, time.time())
+    assert s["experiments"] == 106 and s["hours"] == 0.5 and s["per_hour"] == 12.0

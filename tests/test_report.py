@@ -249,7 +249,8 @@ def test_report_with_git(run, repo, commits):
     assert "| Best val_bpb | 2.310000 (0010 " + commits[2][:7] + ": DIM 32 -> 64) |" in text
     assert "| Gain over the baseline | 0.190000 (7.60 %) |" in text
     assert "| Experiments run | 11 (12 rows) |" in text
-    assert "| Hours | 2.00 |" in text and "| Experiments per hour | 5.5 |" in text
+    assert "| Hours (the last session) | 2.00 |" in text
+    assert "| Experiments per hour (the last session) | 5.5 |" in text
     assert "| Keep margin | 0.020000 |" in text
     sigma = view.summary(rows, {}, 0)["noise"]["sigma"]
     assert f"| Noise sigma | {sigma:.6f} (4 dof) |" in text
@@ -336,3 +337,15 @@ def test_a_diff_with_backticks_keeps_its_fence():
     ]
     text = markdown(TAG, rows, view.summary(rows, {}, 0), "+s = '```'\n")
     assert "````diff\n+s = '```'\n````" in text
+
+
+def test_a_description_with_dollar_signs_is_drawn_as_text(tmp_path):
+    """matplotlib reads "$...$" as mathtext and raises on what it cannot parse; an LLM's
+    description may hold any text."""
+    rows = [
+        row("a" * 7, "keep", 2.5, "baseline", "0000", "a" * 7),
+        row("b" * 7, "keep", 2.4, r"scale by $\foo$ twice", "0001", "a" * 7),
+    ]
+    rows = [{k: str(v) for k, v in r.items()} for r in rows]
+    path = plot_progress(rows, tmp_path / "p.png", "dollars")
+    assert path.stat().st_size > 10_000
