@@ -56,8 +56,20 @@ def test_run_end_to_end_then_resume(repo, data_dir):
         assert event in proc.stderr
 
     results = ResultsFile(repo / "workspace/runs/e2e/results.tsv")
-    rows = results.rows()
-    assert [r["id"] for r in rows] == ["0000", "0001", "0002"]
+
+    def ran_rows() -> list[dict[str, str]]:
+        """The rows but for confirmation re-runs: a loaded machine trains fewer tokens, and
+        a keep made on under half the frontier's tokens is confirmed even with --no-confirm
+        (the suspicious-jump rule), which adds a row with the next id."""
+        every = results.rows()
+        for r in every:
+            if r["status"] == "confirm":
+                assert r["description"].startswith("confirm 0"), r
+        return [r for r in every if r["status"] != "confirm"]
+
+    rows = ran_rows()
+    every = [(r["id"], r["status"], r["description"], r["error"]) for r in results.rows()]
+    assert [r["id"] for r in rows] == ["0000", "0001", "0002"], every
     assert rows[0]["status"] == "keep" and rows[0]["description"] == "baseline"
     assert all(r["status"] in ("keep", "discard", "crash", "oom", "nan", "timeout") for r in rows)
     assert float(rows[0]["val_bpb"]) > 0
@@ -88,13 +100,14 @@ def test_run_end_to_end_then_resume(repo, data_dir):
     # A second run on the same tag resumes: no second baseline, ids continue.
     proc = cli(repo, data_dir, "run", "--tag", "e2e", "--max-experiments", "1", *RUN_FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = results.rows()
-    assert [r["id"] for r in rows] == ["0000", "0001", "0002", "0003"]
+    rows = ran_rows()
+    assert len(rows) == 4 and rows[3]["id"] == max(r["id"] for r in results.rows())
     assert [r["description"] for r in rows].count("baseline") == 1
 
     status = cli(repo, data_dir, "status", "--tag", "e2e")
     assert status.returncode == 0
-    assert "4 experiments" in status.stdout and "best val_bpb" in status.stdout
+    ran = len([r for r in results.rows() if r["status"] != "rejected"])
+    assert f"{ran} experiments" in status.stdout and "best val_bpb" in status.stdout
 
 
 GOOD = "DESCRIPTION: raise the learning rate\n<<<<<<< SEARCH\nLR = 0.03  # learning rate\n=======\nLR = 0.05  # learning rate\n>>>>>>> REPLACE\n"
