@@ -25,9 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.redis_server import PrivateRedis, connect  # noqa: E402
-from worker import contract  # noqa: E402
 from worker.jobs import ExperimentLog  # noqa: E402
-from worker.settings import log_stream_key  # noqa: E402
 
 TAG, EXP = "latency", "0001"
 
@@ -69,13 +67,7 @@ def main() -> int:
             ready.wait()
             threads.append(t)
         time.sleep(2.0)  # both followers have started and are blocked in XREAD
-        log = ExperimentLog(
-            Path(tmp) / TAG / EXP,
-            redis,
-            log_stream_key(TAG, EXP),
-            EXP,
-            contract.run_log_key(TAG),
-        )
+        log = ExperimentLog(Path(tmp) / TAG / EXP, redis, TAG, EXP)
         log.event("experiment.start")
         for i in range(args.lines):
             log.line("train", f"line {i} written {time.time():.6f}")

@@ -49,7 +49,7 @@ from orchestrator.proposers.base import Proposal, ProposalRequest, Proposer
 from orchestrator.results import ResultsFile, best_kept, counts
 from orchestrator.validate import CandidateRejected, normalized_hash, validate_candidate
 from worker import contract
-from worker.settings import STREAM_MAXLEN, STREAM_TTL_S, log_stream_key
+from worker.settings import STREAM_TTL_S, add_log_entry, log_stream_key
 
 
 class BaselineFailed(RuntimeError):
@@ -1195,11 +1195,9 @@ class Research:
             "phase": "decide",
             "text": json.dumps(event),
             "t": f"{time.time():.3f}",
-            "id": row["id"],
         }
         pipe = self.redis.pipeline(transaction=False)
         pipe.rpush(contract.results_key(self.tag), json.dumps(row))
-        for key in (contract.run_log_key(self.tag), log_stream_key(self.tag, row["id"])):
-            pipe.xadd(key, fields, maxlen=STREAM_MAXLEN, approximate=True)
+        add_log_entry(pipe, self.tag, row["id"], fields)
         pipe.expire(log_stream_key(self.tag, row["id"]), STREAM_TTL_S)
         pipe.execute()

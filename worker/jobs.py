@@ -20,7 +20,7 @@ from harness import codes
 from harness import manifest as mf
 from worker import contract
 from worker.runner import InfraError, Limits, ProcessRunner, Runner
-from worker.settings import STREAM_MAXLEN, STREAM_TTL_S, WorkerSettings, log_stream_key
+from worker.settings import STREAM_TTL_S, WorkerSettings, add_log_entry, log_stream_key
 
 
 def make_runner(settings: WorkerSettings) -> Runner:
@@ -50,9 +50,10 @@ def check_fingerprint(spec: dict[str, Any], data_dir: Path) -> None:
 
 
 class ExperimentLog:
-    """One experiment's trail: raw output.log, structured log.jsonl and a Redis stream."""
+    """One experiment's trail: raw output.log, structured log.jsonl and its Redis streams
+    (the experiment's and the run's)."""
 
-    def __init__(self, folder: Path, redis: Any, stream: str, exp_id: str, run_stream: str = ""):
+    def __init__(self, folder: Path, redis: Any, tag: str, exp_id: str):
         folder.mkdir(parents=True, exist_ok=True)
         self.raw = open(folder / "output.log", "a", encoding="utf-8")  # noqa: SIM115
         self.jsonl = open(folder / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115
@@ -63,7 +64,7 @@ class ExperimentLog:
                 structlog.processors.JSONRenderer(),
             ],
         ).bind(id=exp_id)
-        self.redis, self.stream, self.run_stream, self.exp_id = redis, stream, run_stream, exp_id
+        self.redis, self.tag, self.exp_id = redis, tag, exp_id
 
     def publish(self, kind: str, phase: str, text: str) -> None:
         """One entry in the experiment's stream and, with its id, in the run's (one round
@@ -72,14 +73,7 @@ class ExperimentLog:
             return
         fields = {"kind": kind, "phase": phase, "text": text, "t": f"{time.time():.3f}"}
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(self.stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
-        if self.run_stream:
-            pipe.xadd(
-                self.run_stream,
-                {**fields, "id": self.exp_id},
-                maxlen=STREAM_MAXLEN,
-                approximate=True,
-            )
+        add_log_entry(pipe, self.tag, self.exp_id, fields)
         pipe.execute()
 
     def line(self, phase: str, line: str) -> None:
@@ -102,9 +96,8 @@ class ExperimentLog:
 
     def close(self) -> None:
         if self.redis is not None:
-            self.redis.expire(self.stream, STREAM_TTL_S)
-            if self.run_stream:
-                self.redis.expire(self.run_stream, STREAM_TTL_S)
+            self.redis.expire(log_stream_key(self.tag, self.exp_id), STREAM_TTL_S)
+            self.redis.expire(contract.run_log_key(self.tag), STREAM_TTL_S)
         self.raw.close()
         self.jsonl.close()
 
@@ -118,13 +111,7 @@ def run_experiment(spec: dict[str, Any]) -> dict[str, Any]:
     redis = job.connection if job is not None else None
     worker_name = (job.worker_name if job is not None else None) or socket.gethostname()
     folder = settings.runs_dir / spec["tag"] / spec["id"]
-    log = ExperimentLog(
-        folder,
-        redis,
-        log_stream_key(spec["tag"], spec["id"]),
-        spec["id"],
-        contract.run_log_key(spec["tag"]),
-    )
+    log = ExperimentLog(folder, redis, spec["tag"], spec["id"])
     runner = make_runner(settings)
     log.event(
         "experiment.start",

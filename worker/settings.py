@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from worker.contract import run_log_key
 
 ENV_DATA_DIR = "AUTORESEARCH_DATA_DIR"
 ENV_RUNS_DIR = "AUTORESEARCH_RUNS_DIR"
@@ -59,3 +62,11 @@ class WorkerSettings:
 def log_stream_key(tag: str, exp_id: str) -> str:
     """The Redis stream holding one experiment's output lines and live metrics."""
     return f"autoresearch:{tag}:log:{exp_id}"
+
+
+def add_log_entry(pipe: Any, tag: str, exp_id: str, fields: dict[str, str]) -> None:
+    """Queue one log entry on a Redis pipeline: into the experiment's stream and, with its
+    id, into the run's. The worker (output lines, events) and the orchestrator (decisions)
+    both write this way, so `logs ID -f` and `logs -f` see the same entries."""
+    pipe.xadd(log_stream_key(tag, exp_id), fields, maxlen=STREAM_MAXLEN, approximate=True)
+    pipe.xadd(run_log_key(tag), {**fields, "id": exp_id}, maxlen=STREAM_MAXLEN, approximate=True)
