@@ -295,10 +295,10 @@ def _reader(args: argparse.Namespace) -> tuple[Any, Path, str]:
     from orchestrator import view
     from orchestrator.redis_server import RedisUnavailable, connect
 
-    runs_dir = args.runs_dir or Path(os.environ.get("AUTORESEARCH_RUNS_DIR") or st.DEFAULT_RUNS_DIR)
-    url = args.redis_url or os.environ.get("REDIS_URL")
-    redis = connect(url) if url else None
-    tag = args.tag or view.latest_tag(redis, runs_dir)
+    s = _settings(args)  # --tag, --runs-dir, --redis-url over their environment variables
+    runs_dir = s.runs_dir
+    redis = connect(s.redis_url) if s.redis_url else None
+    tag = s.tag or view.latest_tag(redis, runs_dir)
     if tag is None:
         raise st.SettingsError(f"tag: no run found (in Redis or under {runs_dir}); pass --tag")
     if redis is None:
@@ -637,12 +637,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _latest_tag(runs_dir: Path, tag: str | None) -> str:
-    if tag is not None:
-        return tag
-    found = sorted(runs_dir.glob(f"*/{defaults.RESULTS_FILE}"), key=lambda p: p.stat().st_mtime)
-    if not found:
+    from orchestrator import view
+
+    found = tag or view.latest_tag(None, runs_dir)
+    if found is None:
         raise st.SettingsError(f"tag: no runs under {runs_dir}")
-    return found[-1].parent.name
+    return found
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -775,26 +775,21 @@ def cmd_logs(args: argparse.Namespace) -> int:
             return 0
         # -f on an experiment that has not started yet: wait for its stream.
     try:
-        last, backlog, ended = "0-0", [], False
-        while batch := view.read_stream(redis, key, last):
-            backlog += batch
-            last = batch[-1][0]
-        for stream_id, fields in backlog[-args.lines :] if args.lines else backlog:
-            item = view.entry(fields, args.id or "", stream_id)
-            print(render(item), flush=True)
-            ended = ended or (bool(args.id) and view.is_end(item))
-        if ended:
-            return 0  # decided: nothing more will come
-        while args.follow:
-            for stream_id, fields in view.read_stream(redis, key, last, block_ms=1000):
+        # The backlog (all of it, or the last N), then with -f what comes, until decided.
+        last = "0-0"
+        batch = view.tail_stream(redis, key, args.lines) if args.lines else []
+        while True:
+            for stream_id, fields in batch:
                 last = stream_id
                 item = view.entry(fields, args.id or "", stream_id)
                 print(render(item), flush=True)
                 if args.id and view.is_end(item):
-                    return 0
+                    return 0  # decided: nothing more will come
+            batch = view.read_stream(redis, key, last, block_ms=1000 if args.follow else None)
+            if not batch and not args.follow:
+                return 0  # the backlog is printed
     except KeyboardInterrupt:
         return 0
-    return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

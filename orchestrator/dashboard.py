@@ -54,7 +54,7 @@ CHART_DPI = 100
 FOLDER_LOG_TTL_S = 5.0
 STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}\Z")
 # Entry keys that the line's own columns show (or that say nothing), not repeated as k=v.
-_SHOWN = {"t", "id", "phase", "kind", "event", "stream_id", "source"}
+_SHOWN = {*view.RESERVED, "source"}
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
 
@@ -84,7 +84,7 @@ def finite(value: Any) -> Any:
 def _text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return str(value)
 
 
 def log_line(item: dict[str, Any]) -> dict[str, Any]:
@@ -161,8 +161,7 @@ class Dashboard:
             return self._folder_log(after, limit)
         key = contract.run_log_key(self.tag)
         if after is None:
-            newest = self.redis.xrevrange(key, max="+", min="-", count=limit)
-            items = [(_text(i), f) for i, f in reversed(newest)]
+            items = view.tail_stream(self.redis, key, limit)
         else:
             items = view.read_stream(self.redis, key, after, count=limit)
         entries = [log_line(view.entry(fields, stream_id=i)) for i, fields in items]

@@ -11,9 +11,11 @@ show the same numbers. Sources:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,11 @@ def entry(fields: dict[Any, Any], exp_id: str = "", stream_id: str = "") -> dict
         out["event"] = text
     out["kind"] = kind
     return out
+
+
+def tail_stream(redis: Any, key: str, count: int) -> list[tuple[str, dict[str, str]]]:
+    """The last `count` entries, oldest first (one XREVRANGE, not the whole stream)."""
+    return [(_s(i), f) for i, f in reversed(redis.xrevrange(key, count=count))]
 
 
 def read_stream(
@@ -141,8 +148,6 @@ def _decided_from(folder: Path) -> dict[str, Any] | None:
 
 def _epoch(stamp: str) -> float:
     try:
-        from datetime import datetime
-
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
     except (ValueError, AttributeError):
         return 0.0
@@ -168,10 +173,17 @@ def latest_tag(redis: Any | None, runs_dir: Path | None) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=16)
+def _results_file(path: Path) -> ResultsFile:
+    """One ResultsFile per path, so its parse cache serves every poll (status --watch, the
+    dashboard) until the file changes."""
+    return ResultsFile(path)
+
+
 def rows(redis: Any | None, tag: str, runs_dir: Path | None) -> list[dict[str, str]]:
     """results.tsv's rows: from the run folder when it is here, else from Redis."""
     if runs_dir is not None:
-        found = ResultsFile(runs_dir / tag / defaults.RESULTS_FILE).rows()
+        found = _results_file(runs_dir / tag / defaults.RESULTS_FILE).rows()
         if found:
             return found
     if redis is None:
