@@ -20,6 +20,7 @@ class Bar(Protocol):
     """The part of tqdm's interface that the harness uses."""
 
     total: float | None
+    disable: bool  # True when nothing is drawn (tqdm's own attribute)
 
     def update(self, n: float = 1) -> Any: ...
 
@@ -36,6 +37,8 @@ class Bar(Protocol):
 
 class _Silent:
     """A bar that draws nothing: what callers get when no person is watching stderr."""
+
+    disable = True
 
     def __init__(self, total: float | None) -> None:
         self.total = total

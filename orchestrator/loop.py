@@ -43,10 +43,10 @@ from rq.worker_registration import clean_worker_registry, get_keys
 from harness import bars
 from harness.manifest import harness_digest
 from harness.profiles import Profile
-from orchestrator import defaults, logs, noise
+from orchestrator import defaults, logs, noise, view
 from orchestrator.gitstore import GitStore
 from orchestrator.proposers.base import Proposal, ProposalRequest, Proposer
-from orchestrator.results import ResultsFile, best_kept, counts
+from orchestrator.results import ResultsFile, best_kept
 from orchestrator.validate import CandidateRejected, normalized_hash, validate_candidate
 from worker import contract
 from worker.settings import STREAM_TTL_S, add_log_entry, log_stream_key
@@ -86,10 +86,6 @@ def lookahead_for(workers: int, lookahead: int | None) -> int:
     if lookahead is not None:
         return lookahead
     return max(defaults.LOOKAHEAD_MIN, math.ceil(workers / defaults.LOOKAHEAD_WORKERS))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -661,7 +657,7 @@ class Research:
         now = time.monotonic()
         done = []
         for flight, raw in zip(flights, statuses, strict=True):
-            status = raw.decode() if isinstance(raw, bytes) else raw
+            status = view.as_str(raw)
             if status == JobStatus.STARTED.value and flight.started is None:
                 flight.started = now
             if status not in DONE:
@@ -1045,7 +1041,7 @@ class Research:
             )
             written = self.results.append(row)
         self.session_rows.append({**row, "total_s": result.get("total_s")})
-        self._publish_row(written, note)
+        self._publish_row(written)
         if decision not in ("noise", "confirm") and proposal.proposer not in (
             "baseline",
             "reapply",
@@ -1063,21 +1059,18 @@ class Research:
         )
 
     def summary(self) -> dict[str, Any]:
-        rows = self.results.rows()
-        kept = [r for r in rows if r["status"] == "keep"]
-        baseline = noise.commit_value(rows, kept[0]["commit"]) if kept else None
-        best = noise.commit_value(rows, kept[-1]["commit"]) if kept else None
-        sigma, dof = noise.pooled_sigma(rows)
+        # The same figures as `status` and the report (view.summary), plus this session's.
+        seen = view.summary(self.results.rows(), {}, time.time())
         spent = sum(float(r["total_s"] or 0) for r in self.session_rows)
         out = {
             "tag": self.tag,
             "branch": self.git.branch(self.tag).removeprefix("refs/heads/"),
-            "best_val_bpb": best,
-            "baseline_val_bpb": baseline,
-            "gain": None if best is None or baseline is None else baseline - best,
-            "noise_sigma": sigma if dof else None,
-            "margin": noise.margin(sigma, self.policy.z, self.policy.min_delta),
-            "counts": counts(rows),
+            "best_val_bpb": seen["best"]["val_bpb"] if seen["best"] else None,
+            "baseline_val_bpb": seen["baseline"]["val_bpb"] if seen["baseline"] else None,
+            "gain": seen["gain"],
+            "noise_sigma": seen["noise"]["sigma"],
+            "margin": self.margin(),
+            "counts": seen["counts"],
             "experiments_this_session": len(self.session_rows),
             "compute_seconds": round(spent, 1),
             "compute_kind": "GPU" if self.profile.name == "gpu" else "CPU",
@@ -1134,18 +1127,20 @@ class Research:
         self._describe_bar()
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / (defaults.STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps({_text(k): _text(v) for k, v in saved.items()}, indent=1))
+        tmp.write_text(
+            json.dumps({view.as_str(k): view.as_str(v) for k, v in saved.items()}, indent=1)
+        )
         tmp.replace(self.folder / defaults.STATE_FILE)
 
     def _describe_bar(self) -> None:
         """The run's bar (a terminal only): best and gain, counts, jobs running and queued."""
-        rows = self.results.rows()
-        kept = [r for r in rows if r["status"] == "keep"]
-        base = noise.commit_value(rows, kept[0]["commit"]) if kept else None
+        if self.bar.disable:
+            return  # no terminal: nothing to draw, nothing to compute
+        seen = view.summary(self.results.rows(), {}, time.time())
         best = "" if self.best is None else f"best {self.best:.4f}"
-        if best and base is not None:
-            best += f" ({base - self.best:+.4f})"
-        tally = counts(rows)
+        if best and seen["gain"] is not None:
+            best += f" ({seen['gain']:+.4f})"
+        tally = seen["counts"]
         shown = " ".join(f"{k} {tally[k]}" for k in ("keep", "discard", "crash") if k in tally)
         self.bar.set_postfix_str(
             " | ".join(p for p in (best, shown, f"{len(self.flights)} in flight") if p)
@@ -1171,7 +1166,7 @@ class Research:
             pipe.rpush(key, *(json.dumps(r) for r in rows))
         pipe.execute()
 
-    def _publish_row(self, row: dict[str, str], note: str | None) -> None:
+    def _publish_row(self, row: dict[str, str]) -> None:
         """The row for readers on other hosts, and the decision in the run's log stream and
         the experiment's (where `logs ID -f` ends). Best effort, like publish_state."""
         try:
