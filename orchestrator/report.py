@@ -204,22 +204,20 @@ def progress_figure(rows: list[dict[str, str]], title: str) -> Figure:
     ax.set_xlabel("experiment # (in run order; rejected proposals not shown)")
     ax.set_ylabel("val_bpb (lower is better)")
     ax.grid(True, alpha=0.25)
-    ax.set_title(_chart_title(rows, s, title), fontsize=12)
+    ax.set_title(_chart_title(s, title), fontsize=12)
     ax.legend(loc="upper right", fontsize=9, framealpha=0.9)
     return fig
 
 
-def _chart_title(rows: list[dict[str, str]], s: dict[str, Any], title: str) -> str:
-    kept = [r for r in rows if r["status"] == "keep"]
+def _chart_title(s: dict[str, Any], title: str) -> str:
     n = s["n"]
     line = f"{n} experiment{'s' * (n != 1)}, {len(s['kept'][0])} kept, {len(s['crash'])} crashed"
     if s["rejected"]:
         line += f", {s['rejected']} rejected (not shown)"
-    if kept:
-        base = noise.commit_value(rows, kept[0]["commit"])
-        best = noise.commit_value(rows, kept[-1]["commit"])
-        if base is not None and best is not None:
-            line += f"; baseline {base:.6f} → best {best:.6f} (gain {base - best:+.6f})"
+    fx, fy = s["frontier"]  # the frontier's means: the baseline's first, the best's last
+    if fx:
+        base, best = fy[0], fy[-1]
+        line += f"; baseline {base:.6f} → best {best:.6f} (gain {base - best:+.6f})"
     else:
         line += "; no baseline yet"
     return f"{title}\n{line}"
@@ -254,27 +252,14 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{s} {counts[s]}" for s in order) or "-"
 
 
-def kept_table(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """The kept changes in order, each with its single run, the mean of its runs and the
-    gain of that mean over the previous keep's (the loop's own comparison)."""
+def kept_table(kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The kept changes (view.summary's), each with the gain of its mean over the previous
+    keep's (the loop's own comparison)."""
     out: list[dict[str, Any]] = []
-    for row in rows:
-        if row["status"] != "keep":
-            continue
-        runs = noise.measurements(rows, row["commit"])
-        mean = sum(runs) / len(runs) if runs else noise.row_value(row)
+    for k in kept:
         prev = out[-1]["mean"] if out else None
-        out.append(
-            {
-                "id": row.get("id", ""),
-                "commit": row["commit"],
-                "val_bpb": noise.row_value(row),
-                "mean": mean,
-                "runs": len(runs),
-                "gain": (prev - mean) if prev is not None and mean is not None else None,
-                "description": row.get("description", ""),
-            }
-        )
+        gain = (prev - k["mean"]) if prev is not None and k["mean"] is not None else None
+        out.append({**k, "gain": gain})
     return out
 
 
@@ -327,7 +312,7 @@ def markdown(
     out = [f"# autoresearch run `{tag}`", "", "| | |", "|---|---|"]
     out += [f"| {name} | {_cell(value)} |" for name, value in figures]
     out += ["", f"![progress]({chart_name})", "", "## Kept changes, in order", ""]
-    kept = kept_table(rows)
+    kept = kept_table(summary["kept"])
     if kept:
         out += [
             "| # | id | commit | val_bpb | mean (runs) | gain over previous keep | description |",

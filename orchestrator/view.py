@@ -201,19 +201,27 @@ def _f(value: Any) -> float | None:
 
 def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -> dict[str, Any]:
     """Best, gain over the baseline, counts, noise floor, LLM use, experiments per hour."""
-    kept = [r for r in all_rows if r["status"] == "keep"]
-    baseline = kept[0] if kept else None
+    kept = []
+    for r in all_rows:
+        if r["status"] == "keep":
+            # A kept commit's value is the mean of its runs (noise runs, confirmations).
+            runs = noise.measurements(all_rows, r["commit"])
+            kept.append(
+                {
+                    "id": r["id"],
+                    "commit": r["commit"],
+                    "val_bpb": _f(r["val_bpb"]),
+                    "mean": sum(runs) / len(runs) if runs else None,
+                    "runs": len(runs),
+                    "description": r["description"],
+                }
+            )
+    baseline = {"id": kept[0]["id"], "val_bpb": kept[0]["mean"]} if kept else None
     best = None
     if kept:
-        # The frontier's value is the mean of its runs (noise runs and confirmations).
-        best_row = kept[-1]
-        best = {
-            "id": best_row["id"],
-            "commit": best_row["commit"],
-            "description": best_row["description"],
-            "val_bpb": noise.commit_value(all_rows, best_row["commit"]) or _f(best_row["val_bpb"]),
-        }
-    base_value = noise.commit_value(all_rows, baseline["commit"]) if baseline else None
+        best = {k: kept[-1][k] for k in ("id", "commit", "description")}
+        best["val_bpb"] = kept[-1]["mean"] or kept[-1]["val_bpb"]
+    base_value = baseline["val_bpb"] if baseline else None
     sigma, dof = noise.pooled_sigma(all_rows)
     ran = [r for r in all_rows if r["status"] in RAN]
     # The rate of this session (the state's start): an earlier session's rows and the time
@@ -228,19 +236,10 @@ def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -
     return {
         "rows": len(all_rows),
         "counts": counts(all_rows),
-        "baseline": {"id": baseline["id"], "val_bpb": base_value} if baseline else None,
+        "baseline": baseline,
         "best": best,
         "gain": (base_value - best["val_bpb"]) if best and base_value else None,
-        "kept": [
-            {
-                "id": r["id"],
-                "commit": r["commit"],
-                "val_bpb": _f(r["val_bpb"]),
-                "mean": noise.commit_value(all_rows, r["commit"]),  # over its runs
-                "description": r["description"],
-            }
-            for r in kept
-        ],
+        "kept": kept,
         "noise": {
             "sigma": sigma if dof else None,
             "dof": dof,
