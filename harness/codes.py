@@ -3,6 +3,9 @@
 Torch-free: the worker imports it.
 """
 
+import hashlib
+import hmac
+
 OK = 0
 CRASH = 1  # an exception in the candidate or a failed check (the traceback is in the log)
 USAGE = 2  # the entry point was called wrongly: an infrastructure fault, not the candidate's
@@ -22,7 +25,10 @@ PROGRESS_EVERY_S = 1.0
 # Lines of the candidate's code that could pass for the harness's are marked with this.
 CANDIDATE_MARK = "[train.py] "
 # The eval phase's scores, signed: "@result <json> <hmac-sha256 hex>"; only a line whose
-# HMAC checks under the runner's per-experiment key counts.
+# HMAC checks under the runner's per-experiment key (sent on the eval's go line) counts.
 RESULT_PREFIX = "@result "
-# Where a runner that cannot write the go line passes that key (popped at start).
-RESULT_KEY_ENV = "AUTORESEARCH_RESULT_KEY"
+
+
+def result_mac(key: str, body: str) -> str:
+    """The signature of a result line's body: the scorer makes it, the runner checks it."""
+    return hmac.new(key.encode(), body.encode(), hashlib.sha256).hexdigest()

@@ -362,12 +362,8 @@ def _eval_context(manifest: dict, device, args: argparse.Namespace):
 def sign_result(result: dict, key: str) -> str:
     """The scorer's line the runner trusts: the result and an HMAC under a key that only
     the runner and this process hold (the model server never sees it)."""
-    import hashlib
-    import hmac
-
     body = json.dumps(result, sort_keys=True, default=str)
-    mac = hmac.new(key.encode(), body.encode(), hashlib.sha256).hexdigest()
-    return f"{codes.RESULT_PREFIX}{body} {mac}"
+    return f"{codes.RESULT_PREFIX}{body} {codes.result_mac(key, body)}"
 
 
 def _not_dumpable() -> None:
@@ -401,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.phase == "train" and args.deadline is None:
         parser.error("train needs --deadline")
-    key = os.environ.pop(codes.RESULT_KEY_ENV, "")
+    key = ""
     server = None
     if args.phase == "eval":
         _not_dumpable()
@@ -411,9 +407,9 @@ def main(argv: list[str] | None = None) -> int:
             go = _wait_for_go()
             if go is None:
                 return codes.USAGE
-            key = go or key
+            key = go
         if args.phase == "eval" and not key:
-            print("harness: the eval phase needs a result key (go <key> or env)", file=sys.stderr)
+            print("harness: the eval phase needs --wait and a key on its go line", file=sys.stderr)
             return codes.USAGE
         args.result_key = key
         args.started_at = args.started_at or time.time()

@@ -8,7 +8,6 @@ The process runner is here; the docker runner drops into the same interface.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import hmac
 import json
 import os
@@ -79,8 +78,9 @@ class Runner(ABC):
         self.limits = limits or Limits()
         self._prestarted: dict[str, Any] = {}  # phase -> handle from start_waiting
         self.gpu = gpu
-        # The eval phase signs its scores with this; it travels on the go line only.
-        self.result_key = secrets.token_hex(16)
+        # The eval phase signs its scores with this; it travels on the go line only (one
+        # per run, made in run()).
+        self.result_key = ""
 
     @abstractmethod
     def run_phase(
@@ -129,10 +129,11 @@ class Runner(ABC):
             "--grace",
             str(budget["return_grace_s"]),
         ]
-        # The eval process imports torch while training runs, then waits for its go.
+        # The eval process imports torch while training runs, then waits for its go, which
+        # carries the result key: it cannot be started any other way.
         eval_argv = self._argv("eval", spec, None, ["--wait"])
         if not self.prestart("eval", eval_argv, workdir):
-            eval_argv = None
+            raise InfraError(f"the {self.name} runner cannot start the eval phase waiting")
         try:
             return self._run(spec, workdir, emit, started, train_args, eval_argv)
         finally:
@@ -145,7 +146,7 @@ class Runner(ABC):
         emit: Emit,
         started: float,
         train_args: list[str],
-        eval_argv: list[str] | None,
+        eval_argv: list[str],
     ) -> dict[str, Any]:
         scratch = workdir / "scratch"
         budget = spec["budget"]
@@ -163,7 +164,7 @@ class Runner(ABC):
         if status == "ok":
             ev = self.run_phase(
                 "eval",
-                eval_argv or self._argv("eval", spec, time.time(), []),
+                eval_argv,
                 workdir,
                 budget["eval_wall_s"],
                 emit,
@@ -172,9 +173,9 @@ class Runner(ABC):
             status, error = self._classify(ev, "eval", budget["eval_wall_s"])
             tail = list(train.tail)[-10:] + list(ev.tail)
             if status == "ok":
-                scores, forged = self._verified(ev.signed)
+                scores, why = self._verified(ev.signed)
                 if scores is None:
-                    status, error = "crash", forged or "the eval phase sent no signed result"
+                    status, error = "crash", why
                 else:
                     fields.update(scores)
         else:
@@ -231,18 +232,19 @@ class Runner(ABC):
             return status, f"{phase} phase killed by {sig}"
         return "crash", f"{phase} phase exited with code {code}"
 
-    def _verified(self, lines: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+    def _verified(self, lines: list[str]) -> tuple[dict[str, Any] | None, str]:
         """The scores of the one result line signed under this run's key, or (None, why)."""
         good = []
         for line in lines:
             body, _, mac = line[len(codes.RESULT_PREFIX) :].rpartition(" ")
-            want = hmac.new(self.result_key.encode(), body.encode(), hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(mac, want):
+            if not hmac.compare_digest(mac, codes.result_mac(self.result_key, body)):
                 return None, "a forged result line in the eval output (bad signature)"
             good.append(body)
+        if not good:
+            return None, "the eval phase sent no signed result"
         if len(good) != 1:
-            return None, f"{len(good)} signed result lines, expected one" if good else None
-        return _pick(json.loads(good[0])), None
+            return None, f"{len(good)} signed result lines, expected one"
+        return _pick(json.loads(good[0])), ""
 
 
 _RESULT_KEYS = (
