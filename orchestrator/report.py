@@ -352,7 +352,7 @@ def best_diff(
     if not kept:
         return "", "No baseline yet, so no diff."
     base, best = kept[0], kept[-1]
-    if len(kept) == 1 or base["commit"] == best["commit"]:
+    if base["commit"] == best["commit"]:
         return "", "The best is the baseline: no change has been kept."
     found = _git_diff(tag, base, best, repo, train_path)
     if found is not None:
