@@ -12,6 +12,7 @@ USAGE = 2  # the entry point was called wrongly: an infrastructure fault, not th
 OOM = 3  # CUDA out of memory or MemoryError
 NAN = 4  # non-finite logits or a non-finite val_bpb
 OVERTIME = 5  # train() returned after the deadline plus the grace
+INFRA = 6  # the host failed before the candidate ran (e.g. CUDA IPC): not the candidate's
 
 STATUS_BY_CODE = {OK: "ok", CRASH: "crash", OOM: "oom", NAN: "nan", OVERTIME: "overtime"}
 

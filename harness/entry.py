@@ -146,6 +146,14 @@ def summary_block(result: dict) -> str:
     return "---\n" + "\n".join(f"{k + ':':<20}{v}" for k, v in rows)
 
 
+class HostFailure(RuntimeError):
+    """The host failed before any candidate code ran in the eval phase: exit codes.INFRA."""
+
+
+class BadChannel(RuntimeError):
+    """The model server's channel answered wrongly."""
+
+
 class ServedError(RuntimeError):
     """The model server (the candidate's code) failed; kind is oom or crash."""
 
@@ -167,8 +175,15 @@ class ModelServer:
 
         cmd_r, cmd_w = os.pipe()
         reply_r, reply_w = os.pipe()
+        from harness import boot
+
+        # Started like every harness process (harness/boot.py: no start-up hooks, the
+        # harness from source only), with this process's path; it confines itself further
+        # before it imports train.py.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.model_server", str(cmd_r), str(reply_w)],
+            boot.command(
+                sys.executable, "harness.model_server", [str(cmd_r), str(reply_w)], path=sys.path
+            ),
             pass_fds=(cmd_r, reply_w),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -230,17 +245,19 @@ class ModelServer:
             return _from_cuda_ipc(json.loads(body), (batch, seq, self.vocab), want)
         raise BadLogits(f"model server replied {kind!r}")
 
-    def shares_cuda(self) -> bool:
-        """Whether a CUDA tensor of the model server opens here (one small probe)."""
+    def check_cuda_sharing(self, device) -> None:
+        """Before the candidate is loaded: a CUDA tensor of the model server must open here
+        (one small probe). A failure is the host's (HostFailure), never a reason to score
+        in this process: the scorer never runs candidate code."""
         try:
-            kind, body = self._call(b"PRBE", b"")
+            kind, body = self._call(b"PRBE", str(device).encode())
             if kind != b"CUDA":
-                return False
+                raise BadChannel(f"the model server replied {kind!r} to the probe")
             probe = _from_cuda_ipc(json.loads(body), (1, 1, 4), 4)
-            return probe.flatten().tolist() == [1.0, 2.0, 3.0, 4.0]
-        except Exception as exc:  # noqa: BLE001 - any failure means: no IPC
-            print(f"harness: CUDA IPC probe failed: {type(exc).__name__}: {exc}", flush=True)
-            return False
+            if probe.flatten().tolist() != [1.0, 2.0, 3.0, 4.0]:
+                raise BadChannel("the probe tensor arrived with other values")
+        except Exception as exc:  # noqa: BLE001 - any failure, before any candidate code
+            raise HostFailure(f"CUDA IPC probe failed: {type(exc).__name__}: {exc}") from None
 
     def close(self) -> None:
         try:
@@ -260,6 +277,9 @@ def _from_cuda_ipc(meta: dict, shape: tuple[int, int, int], numel: int):
     from harness.evaluate import BadLogits
 
     b = base64.b64decode
+    # Opening an IPC handle needs CUDA initialised in this process (the private call below
+    # dereferences state that only initialisation fills; a segfault otherwise).
+    torch.cuda.init()
     offset = int(meta["storage_offset"])
     if offset < 0 or int(meta["size"]) < (offset + numel) * 4:
         raise BadLogits("model server shared a CUDA buffer smaller than the logits")
@@ -280,12 +300,10 @@ def _from_cuda_ipc(meta: dict, shape: tuple[int, int, int], numel: int):
 
 
 def run_eval(args: argparse.Namespace, manifest: dict, server: ModelServer) -> int:
-    import secrets
 
     import numpy as np
-    import torch
 
-    from harness.evaluate import evaluate_bpb, model_forward, validation_rows
+    from harness.evaluate import evaluate_bpb, probe_plan, validation_rows
 
     started = args.started_at
     device = _device()
@@ -294,6 +312,8 @@ def run_eval(args: argparse.Namespace, manifest: dict, server: ModelServer) -> i
     profile = manifest["profile"]
     vocab = manifest["tokenizer"]["vocab_size"]
     server.vocab = vocab
+    if device.type == "cuda":
+        server.check_cuda_sharing(device)  # before the candidate's code is loaded
     server.load(
         {
             "candidate": str(Path(args.candidate).resolve()),
@@ -309,54 +329,24 @@ def run_eval(args: argparse.Namespace, manifest: dict, server: ModelServer) -> i
         data / manifest["val"]["file"], manifest["tokenizer"]["bos_id"], profile["seq_len"]
     )
     token_bytes = np.load(data / manifest["tokenizer"]["token_bytes"])
-    batches = -(-len(rows) // profile["eval_batch_size"])
-    forward = server.forward
-    if device.type == "cuda" and not server.shares_cuda():
-        # Safety net: without CUDA IPC the logits cannot leave the model server fast
-        # enough, so this experiment is scored the old way, with the candidate's code in
-        # the scorer's process, and says so.
-        print(
-            "harness: CUDA IPC unavailable: scoring in-process, without the model server's "
-            "isolation",
-            flush=True,
-        )
-        server.close()
-        model = _build(_load_candidate(Path(args.candidate)), _eval_context(manifest, device, args))
-        model.load_state_dict(torch.load(scratch / WEIGHTS, map_location=device, weights_only=True))
-        forward = model_forward(model, device)
     scores = evaluate_bpb(
-        forward,
+        server.forward,
         rows,
         token_bytes,
         vocab_size=vocab,
         batch_size=profile["eval_batch_size"],
         device=device,
-        probe_batch=secrets.randbelow(batches),  # which one, the candidate cannot know
+        probe=probe_plan(len(rows), profile["eval_batch_size"], profile["seq_len"]),
     )
     result = {**train_stats, **scores, "eval_s": time.time() - started}
     result["mfu"] = _mfu(train_stats)
-    # What scored it: this harness's code and the data it read (tamper evidence).
-    result["harness_sha256"] = mf.harness_digest()
+    # The data it read (the worker checks the files and stamps the harness digest itself).
     result["fingerprint"] = manifest["fingerprint"]
     result["peak_memory_mb"] = max(train_stats["peak_memory_mb"], _peak_memory_mb(device))
     _write(scratch, "eval", result)
     print(summary_block(result), flush=True)
     print(sign_result(result, args.result_key), flush=True)
     return codes.OK
-
-
-def _eval_context(manifest: dict, device, args: argparse.Namespace):
-    from harness.context import Context
-
-    profile = manifest["profile"]
-    return Context(
-        vocab_size=manifest["tokenizer"]["vocab_size"],
-        seq_len=profile["seq_len"],
-        device=device,
-        profile=profile["name"],
-        seed=args.seed,
-        deadline=time.time(),
-    )
 
 
 def sign_result(result: dict, key: str) -> str:
@@ -455,6 +445,9 @@ def _classify(exc: BaseException) -> int:
     sys.stderr.flush()
     if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError):
         return codes.OOM
+    if isinstance(exc, HostFailure):
+        print(f"harness: {exc}", file=sys.stderr, flush=True)
+        return codes.INFRA
     if isinstance(exc, ServedError):
         print(f"harness: model server: {exc}", file=sys.stderr, flush=True)
         return codes.OOM if exc.kind == "oom" else codes.CRASH

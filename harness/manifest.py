@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the token byte-length table has a checksum
 # Layout under a prepared data folder; train/ and val/ are separate so a runner can
 # mount (or expose) one without the other.
 TOKENIZER_DIR = "tokenizer"
@@ -21,6 +21,11 @@ VAL_DIR = "val"
 
 class DataNotPrepared(FileNotFoundError):
     """The data folder has no manifest: run `autoresearch prepare` first."""
+
+
+class DataTampered(ValueError):
+    """A file the scorer reads differs from the manifest's checksum (or the manifest from
+    its fingerprint)."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -36,6 +41,7 @@ def fingerprint(manifest: dict) -> str:
     material = {
         "profile": manifest["profile"],
         "tokenizer": manifest["tokenizer"]["sha256"],
+        "token_bytes": manifest["tokenizer"].get("token_bytes_sha256"),
         "train": [s["sha256"] for s in manifest["train"]],
         "val": manifest["val"]["sha256"],
     }
@@ -58,12 +64,44 @@ def write_manifest(data_dir: Path, manifest: dict) -> None:
     tmp.replace(Path(data_dir) / MANIFEST)
 
 
-def harness_digest(root: Path | None = None) -> str:
-    """sha256 over the harness's own source files (names and contents, sorted): the
-    scorer stamps its result with it and the orchestrator refuses one that differs from
-    its own, so every compared score came from the same evaluation code."""
+def verify_data(data_dir: Path, manifest: dict) -> None:
+    """What the scorer reads, checked from outside the cage: the manifest against its own
+    fingerprint, then the validation shard, the tokenizer and the token byte-length table
+    against the manifest's checksums. DataTampered names the first file that differs."""
+    if fingerprint(manifest) != manifest.get("fingerprint"):
+        raise DataTampered(f"{MANIFEST} no longer matches its fingerprint")
+    tok = manifest["tokenizer"]
+    if "token_bytes_sha256" not in tok:
+        raise DataTampered(f"{MANIFEST} predates checksums of {tok['token_bytes']}: prepare again")
+    checks = [
+        (manifest["val"]["file"], manifest["val"]["sha256"]),
+        (tok["file"], tok["sha256"]),
+        (tok["token_bytes"], tok["token_bytes_sha256"]),
+    ]
+    for name, want in checks:
+        path = Path(data_dir) / name
+        if not path.is_file() or sha256_file(path) != want:
+            raise DataTampered(f"{name} differs from its checksum in {MANIFEST}")
+
+
+def harness_files(root: Path | None = None) -> dict[str, str]:
+    """sha256 of every file in the harness folder but `__pycache__` (which the harness
+    never loads: harness/boot.py): a planted module or extension counts."""
     folder = Path(root) if root else Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return {
+        path.relative_to(folder).as_posix(): sha256_file(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.relative_to(folder).parts
+    }
+
+
+def harness_digest(root: Path | None = None) -> str:
+    """One sha256 over harness_files (names and checksums): the worker stamps each result
+    with it and the orchestrator refuses one that differs from its own, so every compared
+    score came from the same evaluation code."""
+    return files_digest(harness_files(root))
+
+
+def files_digest(files: dict[str, str]) -> str:
+    blob = "".join(f"{name}\0{sha}\0" for name, sha in sorted(files.items()))
+    return hashlib.sha256(blob.encode()).hexdigest()

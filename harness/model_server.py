@@ -83,8 +83,9 @@ def serve(cmd, reply) -> None:
                     channel.send(reply, b"CUDA", json.dumps(_share_cuda(last)).encode())
                 else:
                     channel.send(reply, b"LOGI", last.numpy().tobytes())
-            elif kind == b"PRBE":  # can the scorer open our CUDA memory?
-                last = torch.arange(1, 5, dtype=torch.float32, device=device).view(1, 1, 4)
+            elif kind == b"PRBE":  # can the scorer open our CUDA memory? (before LOAD)
+                probe_device = torch.device(payload.decode())
+                last = torch.arange(1, 5, dtype=torch.float32, device=probe_device).view(1, 1, 4)
                 channel.send(reply, b"CUDA", json.dumps(_share_cuda(last)).encode())
             else:
                 raise ValueError(f"unknown command {kind!r}")
@@ -98,23 +99,20 @@ def serve(cmd, reply) -> None:
 
 
 def _restrict(spec: dict) -> str:
-    """Before the candidate's code runs: read access only to what serving it needs, not
-    to the prepared data. Returns a line for the log."""
-    from harness import sandbox
+    """Before the candidate's code runs: read only what serving it needs (not the prepared
+    data), write only its scratch, no network. Returns a line for the log."""
+    from harness import cage
 
-    allowed = sandbox.python_paths() | {
-        str(Path(__file__).resolve().parent),  # the harness package
-        spec["candidate"],
-        str(Path(spec["weights"]).parent),  # the scratch folder
-    }
-    for var in ("HOME", "TMPDIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+    scratch = str(Path(spec["weights"]).parent)
+    allowed = cage.python_paths() | {cage.harness_dir(), spec["candidate"], scratch}
+    for var in ("HOME", "TMPDIR"):
         if os.environ.get(var):
             allowed.add(os.environ[var])
     try:
-        abi = sandbox.restrict_reads(sorted(allowed))
-    except sandbox.LandlockUnavailable as exc:
+        line = cage.apply(cage.Policy(sorted(allowed), [scratch]))
+    except cage.CageUnavailable as exc:
         return f"unrestricted reads ({exc}): the candidate could read the prepared data"
-    return f"reads restricted by Landlock (ABI {abi}): no access to the prepared data"
+    return f"reads restricted ({line}): no access to the prepared data"
 
 
 def _autocast(device):

@@ -261,6 +261,7 @@ def prepare(
         "tokenizer": {
             **_shard_record(tok_path, data_dir, 0),
             "token_bytes": lengths_path.relative_to(data_dir).as_posix(),
+            "token_bytes_sha256": mf.sha256_file(lengths_path),
             "vocab_size": tok.get_vocab_size(with_added_tokens=True),
             "bos_id": tok.token_to_id(tk.BOS),
         },

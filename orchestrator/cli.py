@@ -338,6 +338,8 @@ def _already_prepared(data_dir: Path, profile: Any, args: argparse.Namespace) ->
     except FileNotFoundError:
         return False
     source = existing.get("source", {})
+    if existing.get("version") != mf.MANIFEST_VERSION:
+        return False  # an older layout: prepare again
     if existing.get("profile") != profile.to_dict() or source.get("kind") != args.source:
         return False
     if args.source == "local":

@@ -87,7 +87,7 @@ def test_hang_is_killed_at_the_wall_with_its_children(data_dir, tmp_path):
     assert result["status"] == "timeout"
     assert "wall" in result["error"]
     assert BUDGET["train_wall_s"] <= result["train_phase_s"] < BUDGET["train_wall_s"] + 3
-    pid = int((tmp_path / "work" / "child.pid").read_text())
+    pid = int((tmp_path / "work" / "scratch" / "child.pid").read_text())
     assert not alive(pid)
     assert processes_under(tmp_path / "work") == []
 

@@ -145,6 +145,9 @@ def make_result(spec: dict[str, Any], status: str, **fields: Any) -> dict[str, A
         "harness_sha256": None,
         "fingerprint": None,
         "image": None,  # the docker runner's image id (sha256:...), None for processes
+        # Which cage ran both phases: docker, process, process-weak (the kernel could not
+        # confine), none (the simulate runner).
+        "cage": None,
     }
     unknown = set(fields) - set(result)
     if unknown:

@@ -26,6 +26,7 @@ import requests
 from docker.types import DeviceRequest, Mount
 
 import docker
+from harness import boot
 from harness import manifest as mf
 from worker.runner import HARNESS_ROOT, Emit, InfraError, Limits, PhaseOutcome, Runner, pump_lines
 
@@ -68,6 +69,7 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 class DockerRunner(Runner):
     name = "docker"
+    cage = "docker"
 
     def __init__(
         self,
@@ -150,17 +152,16 @@ class DockerRunner(Runner):
         try:
             return self.client.containers.create(
                 self.image,
-                [self.python, "-m", "harness.entry", *argv],
+                boot.command(
+                    self.python, "harness.entry", argv, boot=f"{IN_HARNESS}/harness/boot.py"
+                ),
                 name=f"{LABEL}-{phase}-{uuid.uuid4().hex[:12]}",
                 labels=self.labels(),
                 mounts=self._mounts(phase, workdir),
                 working_dir=IN_SCRATCH,
-                environment={
-                    "PYTHONPATH": IN_HARNESS,
-                    "PYTHONUNBUFFERED": "1",
-                    "PYTHONDONTWRITEBYTECODE": "1",
-                    "HOME": IN_SCRATCH,
-                },
+                # No secret; TMPDIR (and the compile caches under it) in the scratch,
+                # which the eval phase's model server may read back.
+                environment={"HOME": IN_SCRATCH, "TMPDIR": f"{IN_SCRATCH}/tmp"},
                 user=self.user,
                 network_mode="none",
                 read_only=True,

@@ -26,23 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import codes
+from harness import boot, cage, codes
+from harness import manifest as mf
 
 # emit(phase, line): one output line of a phase, as it comes.
 Emit = Callable[[str, str], None]
 
 HARNESS_ROOT = Path(__file__).resolve().parent.parent  # the folder holding harness/
+HARNESS_DIR = HARNESS_ROOT / "harness"
 LOG_TAIL_LINES = 60
-PASSTHROUGH_ENV = (
-    "LD_LIBRARY_PATH",
-    "CUDA_HOME",
-    "CUDA_PATH",
-    "OMP_NUM_THREADS",
-    "TORCHINDUCTOR_CACHE_DIR",
-    "TRITON_CACHE_DIR",
-    "LANG",
-    "LC_ALL",
-)
+# What the runtime needs to find its libraries; nothing secret, and no shared cache folder
+# (a candidate gets private ones in its scratch).
+PASSTHROUGH_ENV = ("LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH", "OMP_NUM_THREADS", "LANG", "LC_ALL")
 
 
 class InfraError(RuntimeError):
@@ -69,13 +64,21 @@ class Limits:
 
 
 class Runner(ABC):
-    """Runs one spec in a workdir and returns result fields (without worker and gpu)."""
+    """Runs one spec in a workdir and returns result fields (without worker and gpu).
+
+    The runner is the trusted side: it seals the harness files when it starts, and before
+    and after each eval it checks them and the data the scorer reads (manifest checksums),
+    so a score is vouched for from outside the cage. A mismatch is an InfraError naming the
+    file, never a score.
+    """
 
     name = "abstract"
+    cage = "none"  # which cage the phases run in: a results.tsv column
 
     def __init__(self, data_dir: Path, limits: Limits | None = None, gpu: int | None = None):
         self.data_dir = Path(data_dir)
         self.limits = limits or Limits()
+        self.seal = mf.harness_files(HARNESS_DIR)
         self._prestarted: dict[str, Any] = {}  # phase -> handle from start_waiting
         self.gpu = gpu
         # The eval phase signs its scores with this; it travels on the go line only (one
@@ -118,7 +121,7 @@ class Runner(ABC):
         scratch = workdir / "scratch"
         # A retried job finds what a dead attempt left: start from an empty scratch.
         shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
+        (scratch / "tmp").mkdir(parents=True)  # TMPDIR and compile caches: private
         candidate = workdir / "train.py"
         candidate.write_text(spec["source"])
         budget = spec["budget"]
@@ -162,6 +165,7 @@ class Runner(ABC):
         if status == "ok" and not (scratch / "train.json").is_file():
             status, error = "crash", "train phase exited without saving weights"
         if status == "ok":
+            self.vouch()  # the train phase is over: nothing of it runs any more
             ev = self.run_phase(
                 "eval",
                 eval_argv,
@@ -177,15 +181,31 @@ class Runner(ABC):
                 if scores is None:
                     status, error = "crash", why
                 else:
-                    fields.update(scores)
+                    self.vouch()
+                    fields.update(scores, harness_sha256=self.harness_sha256())
         else:
             tail = list(train.tail)
             stats = scratch / "train.json"
             if stats.is_file():
                 fields.update(_pick(json.loads(stats.read_text())))
-        fields.update(status=status, error=error, total_s=time.time() - started)
+        fields.update(status=status, error=error, total_s=time.time() - started, cage=self.cage)
         fields["log_tail"] = "\n".join(tail)
         return fields
+
+    def vouch(self) -> None:
+        """The harness files as sealed and the scorer's data as in the manifest, or an
+        InfraError naming what changed (the worker stops scoring until it is repaired)."""
+        now = mf.harness_files(HARNESS_DIR)
+        changed = sorted(set(now.items()) ^ set(self.seal.items()))
+        if changed:
+            raise InfraError(f"harness file {changed[0][0]} changed since the worker started")
+        try:
+            mf.verify_data(self.data_dir, mf.load_manifest(self.data_dir))
+        except (mf.DataTampered, OSError) as exc:
+            raise InfraError(f"prepared data in {self.data_dir}: {exc}") from None
+
+    def harness_sha256(self) -> str:
+        return mf.files_digest(self.seal)
 
     def _argv(self, phase: str, spec: dict, started: float | None, extra: list[str]) -> list[str]:
         start = [] if started is None else ["--started-at", f"{started:.3f}"]
@@ -218,7 +238,7 @@ class Runner(ABC):
         if outcome.timed_out:
             return "timeout", f"{phase} phase killed at its {wall_s:.0f}s wall"
         code = outcome.exit_code
-        if code == codes.USAGE:
+        if code in (codes.USAGE, codes.INFRA):
             raise InfraError(
                 f"harness refused to start the {phase} phase: " + " | ".join(outcome.tail)
             )
@@ -259,7 +279,6 @@ _RESULT_KEYS = (
     "tokens",
     "steps",
     "params",
-    "harness_sha256",
     "fingerprint",
 )
 
@@ -317,22 +336,37 @@ def pump_lines(
 class ProcessRunner(Runner):
     """Each phase a subprocess in a new session, killed as a group at the wall.
 
-    Weaker isolation than the docker runner: the candidate shares the host's filesystem
-    view and network. It is meant for laptops, CI and hosts without Docker.
+    Each phase starts through harness/boot.py (isolated interpreter, no start-up hooks,
+    harness from source only) and, where the kernel can hold it, inside the cage of
+    harness/cage.py: writes only to its scratch, reads only what its phase needs (the train
+    phase never the validation split, the eval phase's model server no data at all), no
+    network. Where the kernel cannot (no Landlock ABI 3, no libseccomp, not Linux) the cage
+    is `process-weak`: said once at the worker's start and on every row.
     """
 
     name = "process"
+
+    def __init__(self, data_dir: Path, limits: Limits | None = None, gpu: int | None = None):
+        super().__init__(data_dir, limits, gpu)
+        held, self.cage_note = cage.probe()
+        self.cage = "process" if held else "process-weak"
+
+    def policy(self, phase: str, workdir: Path) -> dict:
+        """What a phase may read and write: its split of the data, never the other."""
+        data = self.data_dir.resolve()
+        split = mf.TRAIN_DIR if phase == "train" else mf.VAL_DIR
+        scratch = str((workdir / "scratch").resolve())
+        read = {str(HARNESS_DIR), str((workdir / "train.py").resolve()), scratch}
+        read |= {str(data / name) for name in (mf.MANIFEST, mf.TOKENIZER_DIR, split)}
+        return cage.Policy(sorted(cage.python_paths() | read), [scratch]).to_dict()
 
     def _env(self, workdir: Path) -> dict[str, str]:
         """A clean environment: no API keys, no Redis password, nothing inherited by accident."""
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(workdir / "scratch"),
-            "PYTHONPATH": str(HARNESS_ROOT),
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
             "CUDA_VISIBLE_DEVICES": "" if self.gpu is None else str(self.gpu),
-            "TMPDIR": str(workdir / "scratch"),
+            "TMPDIR": str(workdir / "scratch" / "tmp"),
         }
         # Only what the runtime needs to find its libraries and caches; nothing secret.
         for key in PASSTHROUGH_ENV:
@@ -351,9 +385,18 @@ class ProcessRunner(Runner):
             )
 
     def _spawn(self, argv: list[str], workdir: Path, waits: bool = False) -> subprocess.Popen:
+        held = self.cage == "process"
+        cmd = boot.command(
+            sys.executable,
+            "harness.entry",
+            argv,
+            path=[p for p in sys.path if os.path.isabs(p)],
+            cage=self.policy(argv[0], workdir) if held else None,
+            require=held,
+        )
         return subprocess.Popen(
-            [sys.executable, "-m", "harness.entry", *argv],
-            cwd=workdir,
+            cmd,
+            cwd=workdir / "scratch",  # like the container's: relative writes land in scratch
             env=self._env(workdir),
             stdin=subprocess.PIPE if waits else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -361,6 +404,12 @@ class ProcessRunner(Runner):
             start_new_session=True,
             preexec_fn=self._preexec,
         )
+
+    def candidate_path(self) -> str:
+        return "../train.py"  # from the phase's working folder, its scratch
+
+    def scratch_path(self) -> str:
+        return "."
 
     def start_waiting(self, phase: str, argv: list[str], workdir: Path) -> subprocess.Popen:
         return self._spawn(argv, workdir, waits=True)

@@ -93,4 +93,5 @@ class SimulatedRunner(Runner):
             "log_tail": f"val_bpb: {value:.6f}",
             "harness_sha256": harness_digest(),
             "fingerprint": spec["fingerprint"],
+            "cage": self.cage,
         }
