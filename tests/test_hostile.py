@@ -74,7 +74,7 @@ CASES: dict[str, tuple[str, set[str], str | None]] = {
             import json, os
             for name in ("eval.json", "train.json"):
                 try:
-                    with open(os.path.join(os.environ.get("TMPDIR", "/scratch"), name), "w") as f:
+                    with open(name, "w") as f:  # the working folder: its scratch
                         json.dump({"val_bpb": 0.01}, f)
                 except OSError:
                     pass
@@ -220,7 +220,7 @@ CASES: dict[str, tuple[str, set[str], str | None]] = {
             _save = torch.save
             class _Evil:
                 def __reduce__(self):
-                    return (os.system, ("touch $TMPDIR/PWNED; touch /scratch/PWNED",))
+                    return (os.system, ("touch PWNED $TMPDIR/PWNED /scratch/PWNED",))
             torch.save = lambda obj, path, *a, **k: _save(_Evil(), path)
             """
         ),
@@ -288,8 +288,7 @@ import os, time
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
-        scratch = os.environ.get("TMPDIR", "/scratch")
-        with open(os.path.join(scratch, "daemon.pid"), "w") as f:
+        with open("daemon.pid", "w") as f:  # the working folder: its scratch
             f.write(str(os.getpid()))
         time.sleep(600)
     os._exit(0)
@@ -363,9 +362,10 @@ def test_a_daemon_does_not_survive_the_run(runner, tmp_path):
 
 
 def test_what_each_runner_lets_a_candidate_see(runner, data_dir, tmp_path, monkeypatch):
-    """Validation data, network, secrets: the docker runner blocks them in both phases; the
-    process runner only keeps the validation data from the eval phase's model server and
-    secrets out of the environment (README: what the cage covers)."""
+    """Validation data, network, secrets: both runners block them in both phases (the
+    process runner with its kernel cage; tests/test_cage.py covers each category)."""
+    if isinstance(runner, ProcessRunner) and runner.cage != "process":
+        pytest.skip(f"the kernel cannot hold the process runner's cage: {runner.cage_note}")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-hostile-test")
     monkeypatch.setenv("REDIS_URL", "redis://:hunter2@127.0.0.1:6379/0")
     with socket.socket() as server:
@@ -383,14 +383,9 @@ def test_what_each_runner_lets_a_candidate_see(runner, data_dir, tmp_path, monke
             seen.setdefault(key, value.split()[0] if value else "")
     assert result["status"] == "ok", result["error"]
     assert seen["SECRETS"] == "none"
-    assert seen["VAL_IMPORT"] in ("open", "blocked")
     # The eval phase's model server (its import-time probe runs there too) never reads data.
     eval_lines = [line for phase, line in lines if phase == "eval"]
     assert any("VAL_IMPORT:blocked" in line for line in eval_lines), eval_lines
-    if isinstance(runner, ProcessRunner):
-        assert seen["VAL_TRAIN"] == "open"  # the train phase can read the data folder
-        assert seen["TRAIN_NET"] == "open"  # and reach the network
-    else:
-        assert seen["VAL_TRAIN"] == "blocked"
-        assert seen["TRAIN_NET"] == "blocked" and seen["TRAIN_DNS"] == "blocked"
+    assert seen["VAL_IMPORT"] == "blocked" and seen["VAL_TRAIN"] == "blocked"
+    assert seen["TRAIN_NET"] == "blocked" and seen["TRAIN_DNS"] == "blocked"
     assert os.environ["OPENAI_API_KEY"] == "sk-hostile-test"
