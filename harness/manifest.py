@@ -41,10 +41,11 @@ def fingerprint(manifest: dict) -> str:
     material = {
         "profile": manifest["profile"],
         "tokenizer": manifest["tokenizer"]["sha256"],
-        "token_bytes": manifest["tokenizer"].get("token_bytes_sha256"),
         "train": [s["sha256"] for s in manifest["train"]],
         "val": manifest["val"]["sha256"],
     }
+    if "token_bytes_sha256" in manifest["tokenizer"]:  # version 2 on
+        material["token_bytes"] = manifest["tokenizer"]["token_bytes_sha256"]
     blob = json.dumps(material, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -349,6 +349,26 @@ def _already_prepared(data_dir: Path, profile: Any, args: argparse.Namespace) ->
     return source.get("url_pattern") == (args.url_pattern or source.get("url_pattern"))
 
 
+def _announce_cage(log: Any, runner: str) -> None:
+    """One line saying which cage the candidates will run in; a warning where weak."""
+    if runner != "process":
+        log.info("cage", cage=runner)
+        return
+    from harness import cage
+
+    held, note = cage.probe()
+    if held:
+        log.info("cage", cage="process", holds=note)
+    else:
+        log.warning(
+            "cage.weak",
+            cage="process-weak",
+            why=note,
+            means="candidates are not confined: they can read the validation data, write "
+            "outside their scratch and reach the network (README: the cage)",
+        )
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from harness import manifest as mf
     from harness.prepare import prepare
@@ -420,6 +440,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 gpu=s.gpu,
                 memory_gb=s.memory_gb,
             )
+            _announce_cage(log, s.runner)
             workers = LocalWorkers(n_local, url, wsettings, runs_dir / s.tag).start()
             log.info(
                 "default.workers" if s.local_workers is None else "setting.workers",
@@ -564,6 +585,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             for q in (contract.worker_queue(name), contract.QUEUE_NAME)
         ]
         worker = Worker(queues, connection=redis, name=name, serializer=JSONSerializer)
+        _announce_cage(log, s.runner)
         log.info(
             "worker.start",
             name=name,

@@ -499,7 +499,8 @@ function renderHeader(s) {
   setText("queued", String(s.queue.queued));
   setText("waiting", s.queue.waiting.length ? s.queue.waiting.join(" ") : "nothing waiting");
   const counts = Object.entries(s.counts).sort((a, b) => b[1] - a[1]);
-  $("counts").replaceChildren(...counts.map(([k, v]) => chip(k + " " + v)));
+  $("counts").replaceChildren(...counts.map(([k, v]) => chip(k + " " + v)),
+    ...Object.entries(s.cages || {}).map(([k, v]) => chip("cage " + k + " " + v)));
 }
 
 function renderChart(s) {

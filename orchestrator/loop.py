@@ -1014,6 +1014,7 @@ class Research:
             # What ran, for near-duplicate checks (a rejected candidate did not run).
             "source_hash": normalized_hash(proposal.source) if decision != "rejected" else "",
             "seed": run["seed"] if run else None,
+            "cage": result.get("cage"),
         }
         folder = self.folder / exp_id
         folder.mkdir(parents=True, exist_ok=True)

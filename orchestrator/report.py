@@ -302,6 +302,7 @@ def markdown(
         ),
         ("Keep margin", _f6(nz.get("margin"))),
         ("Rows by status", _counts(s["counts"])),
+        ("Rows by cage", _counts(s.get("cages") or {}) or "-"),
         (
             f"LLM tokens{model}",
             f"{llm['prompt_tokens']:,} prompt + {llm['completion_tokens']:,} completion",

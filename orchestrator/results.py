@@ -33,6 +33,7 @@ COLUMNS = (
     "time",
     "source_hash",
     "seed",
+    "cage",  # docker, process, or process-weak: what held the candidate (README's table)
 )
 # Status of a row: the decision for a scored candidate, else what stopped it.
 ROW_STATUSES = (

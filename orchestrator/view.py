@@ -236,6 +236,8 @@ def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -
     return {
         "rows": len(all_rows),
         "counts": counts(all_rows),
+        # Rows by the cage that held their candidate (process-weak: the kernel could not).
+        "cages": counts([{"status": r["cage"]} for r in all_rows if r.get("cage")]),
         "baseline": baseline,
         "best": best,
         "gain": (base_value - best["val_bpb"]) if best and base_value else None,
@@ -392,6 +394,12 @@ def render_status(snap: dict[str, Any]) -> str:
     lines.append(
         "counts: " + (", ".join(f"{k} {v}" for k, v in sorted(snap["counts"].items())) or "-")
     )
+    cages = snap.get("cages") or {}
+    lines.append("cage: " + (", ".join(f"{k} {v}" for k, v in sorted(cages.items())) or "-"))
+    if "process-weak" in cages:
+        lines.append(
+            "  process-weak: the kernel could not confine those candidates (README: the cage)"
+        )
     nz = snap["noise"]
     lines.append(
         f"noise sigma {_num(nz['sigma'], '.4f')} ({nz['dof']} dof), keep margin "
