@@ -1,4 +1,4 @@
-# The image candidates run in: torch, the harness's three libraries and the harness itself.
+# The image candidates run in: torch, the harness's four libraries and the harness itself.
 # Nothing of the orchestrator or the worker lives here, and no secret ever does.
 #
 #   docker build -f docker/runner.Dockerfile -t autoresearch-runner:latest .
@@ -21,6 +21,9 @@ FROM ${BASE}
 ARG NUMPY_VERSION=2.4.6
 ARG TOKENIZERS_VERSION=0.23.3
 ARG PYARROW_VERSION=26.0.1
+# The model server's network filter inside the container (harness/cage.py; the base's
+# libseccomp). The container's own network_mode=none holds without it.
+ARG PYSECCOMP_VERSION=0.1.2
 # Empty: the base brings torch. Else pip arguments that install it (see the CPU example above).
 ARG TORCH_SPEC=
 
@@ -32,7 +35,8 @@ RUN set -eu; \
     python3 -m pip install --no-cache-dir \
         "numpy==${NUMPY_VERSION}" \
         "tokenizers==${TOKENIZERS_VERSION}" \
-        "pyarrow==${PYARROW_VERSION}"; \
+        "pyarrow==${PYARROW_VERSION}" \
+        "pyseccomp==${PYSECCOMP_VERSION}"; \
     python3 -c "import torch" 2>/dev/null || { \
         echo "runner.Dockerfile: the base has no torch; pass --build-arg TORCH_SPEC=..." >&2; \
         exit 1; }

@@ -267,6 +267,8 @@ def check_live_page(got: dict[str, Any]) -> None:
     assert int(live.one("td", **{"class": "num step"}).text()) >= 1
     assert float(live.one("td", **{"class": "num loss"}).text()) > 0
     assert long_id in live.text() and "SIM_HOLD_S = 12" in live.text()
+    # Which cage held the rows (the simulate runner's: none), beside the status counts.
+    assert "cage none" in dom.one(id="counts").text()
     # The leaderboard starts from the baseline.
     baseline = dom.one("table", id="leaderboard").one("tr", data_id="0000")
     assert "baseline" in baseline.text()

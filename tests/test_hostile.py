@@ -275,8 +275,7 @@ print("SECRETS:" + ("found" if _secrets else "none"), flush=True)
 """,
     """
 _probe_val("VAL_TRAIN")
-_net("TRAIN", int(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "port")).read())
-     if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), "port")) else 9)
+_net("TRAIN", PORT)
 _train(model, ctx)
 """,
 )
@@ -371,10 +370,8 @@ def test_what_each_runner_lets_a_candidate_see(runner, data_dir, tmp_path, monke
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        work = tmp_path / "work"
-        work.mkdir()
-        (work / "port").write_text(str(server.getsockname()[1]))
-        result, lines = run(runner, tmp_path, PROBES)
+        port = server.getsockname()[1]
+        result, lines = run(runner, tmp_path, PROBES + f"\nPORT = {port}\n")
     seen = {}
     for _, line in lines:
         text = line.removeprefix("[train.py] ")
