@@ -61,12 +61,14 @@ CAUSALITY_MEASURED = 0.0
 CAUSALITY_TOL = 1e-3
 # Row probes per evaluation: each is one row run again with its own secret split point.
 # Whole batches are probed (one extra forward pass each); on a validation set with fewer
-# rows, batches are probed again with new split points until this many row probes are made.
+# rows, batches are probed again with new split points, up to PROBE_PASSES extra passes
+# over the whole set (the cpu profile's 48 rows: 96 probes; the gpu profile: 512).
 PROBE_ROWS = 512
+PROBE_PASSES = 2
 
 
 def probe_plan(
-    n_rows: int, batch_size: int, seq_len: int, rows: int = PROBE_ROWS
+    n_rows: int, batch_size: int, seq_len: int, rows: int = PROBE_ROWS, passes: int = PROBE_PASSES
 ) -> dict[int, list[np.ndarray]]:
     """{first row of a batch: [split points of its rows, one array per probe pass]}, drawn
     from the operating system's randomness, so the candidate cannot know which batches are
@@ -74,8 +76,10 @@ def probe_plan(
     before s are compared).
 
     A model that reads the next token at a fraction f of positions is caught with
-    probability 1 - (1 - f) ** rows (f = 1%, 512 row probes: 99.4%).
+    probability 1 - (1 - f) ** probes, probes = min(rows, PROBE_PASSES * n_rows)
+    (f = 1%: 99.4% with 512 probes, 62% with 96; f = 5%: 99.3% with 96).
     """
+    rows = min(rows, passes * n_rows)
     rng = np.random.default_rng(secrets.randbits(128))
     plan: dict[int, list[np.ndarray]] = {}
     covered = 0

@@ -43,9 +43,9 @@ def a_fraction(fraction: float):
     return where
 
 
-def score(model, prepared, probe=True):  # noqa: F811
+def score(model, prepared, probe=True, passes=ev.PROBE_PASSES):  # noqa: F811
     rows = ev.validation_rows(prepared["val"], prepared["bos"], prepared["seq_len"])
-    plan = ev.probe_plan(len(rows), 8, prepared["seq_len"]) if probe else None
+    plan = ev.probe_plan(len(rows), 8, prepared["seq_len"], passes=passes) if probe else None
     return ev.evaluate_bpb(
         model,
         rows,
@@ -69,7 +69,9 @@ def test_a_model_that_reads_the_next_token_is_caught(prepared, where):  # noqa: 
         < score(Bigram(prepared["vocab"]), prepared)["val_bpb"]
     )
     with pytest.raises(ev.LooksAhead, match="reads tokens after"):
-        score(model, prepared)
+        # The gpu profile's 512 probes (this small set, probed again and again): a peek at
+        # 5% of positions escapes them with probability 0.95 ** 512 < 1e-11.
+        score(model, prepared, passes=512)
 
 
 def test_a_faint_peek_everywhere_moves_more_than_the_tolerance(prepared):  # noqa: F811
@@ -87,7 +89,7 @@ def test_the_plan_covers_enough_rows_at_secret_points(prepared):  # noqa: F811
     plans = [ev.probe_plan(rows, batch, seq) for _ in range(2)]
     for plan in plans:
         probes = [s for passes in plan.values() for s in passes]
-        assert sum(len(s) for s in probes) >= ev.PROBE_ROWS
+        assert sum(len(s) for s in probes) == ev.PROBE_PASSES * rows  # a small set: capped
         assert all(start % batch == 0 and start < rows for start in plan)
         splits = np.concatenate(probes)
         assert splits.min() >= 1 and splits.max() <= seq - 1
@@ -95,4 +97,5 @@ def test_the_plan_covers_enough_rows_at_secret_points(prepared):  # noqa: F811
     first, second = (np.concatenate([s for p in plan.values() for s in p]) for plan in plans)
     assert not np.array_equal(first[: len(second)], second[: len(first)])
     big = ev.probe_plan(10_000, 32, 2048)
-    assert 0 < len(big) <= -(-ev.PROBE_ROWS // 32) + 1  # whole batches, a few of them
+    assert len(big) == ev.PROBE_ROWS // 32  # whole batches, a few of them, each once
+    assert sum(len(s) for passes in big.values() for s in passes) == ev.PROBE_ROWS
