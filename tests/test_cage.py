@@ -24,7 +24,8 @@ from tests.conftest import REPO_ROOT, TINY_TRAIN, processes_under, run_candidate
 from tests.test_docker_runner import client, image, make_runner  # noqa: F401
 from worker.runner import HARNESS_DIR, InfraError, Limits, ProcessRunner
 
-BUDGET = {"train_wall_s": 8.0, "save_margin_s": 2.0, "return_grace_s": 1.0, "eval_wall_s": 30.0}
+# A wide wall: the fixed candidate returns after 12 steps, and a loaded machine starts slowly.
+BUDGET = {"train_wall_s": 30.0, "save_margin_s": 3.0, "return_grace_s": 2.0, "eval_wall_s": 60.0}
 LIMITS = Limits(memory_bytes=3 * 2**30, file_bytes=64 * 2**20)
 HELD, WHY = cage.probe()
 # An honest candidate that trains a fixed 12 steps: its val_bpb repeats exactly.

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_TRAIN, processes_under, run_candidate
-from worker.runner import Limits, ProcessRunner
+from worker.runner import InfraError, Limits, ProcessRunner, visible_device
 
 BUDGET = {"train_wall_s": 6.0, "save_margin_s": 1.5, "return_grace_s": 0.7, "eval_wall_s": 20.0}
 
@@ -110,6 +110,25 @@ def test_unbounded_allocation_is_oom(data_dir, tmp_path):
     budget = {**BUDGET, "train_wall_s": 30.0}
     result, _ = run(data_dir, tmp_path, source, budget, limits=Limits(memory_bytes=2 * 2**30))
     assert result["status"] == "oom", result["log_tail"]
+    assert "GiB resident" in result["error"]
+    assert processes_under(tmp_path / "work") == []
+
+
+def test_memory_a_child_holds_in_another_session_counts(data_dir, tmp_path):
+    """The cap is on resident memory of the whole phase (no address-space limit, which a
+    CUDA build's start-up would hit): a child that left the session is counted too."""
+    source = TINY_TRAIN.replace(
+        "    opt = torch",
+        "    import subprocess, sys\n"
+        "    hog = 'h = []\\nwhile True: h.append(bytearray(2**26))'\n"
+        "    subprocess.Popen([sys.executable, '-c', hog], start_new_session=True).wait()\n"
+        "    opt = torch",
+    )
+    budget = {**BUDGET, "train_wall_s": 30.0}
+    result, _ = run(data_dir, tmp_path, source, budget, limits=Limits(memory_bytes=2 * 2**30))
+    assert result["status"] == "oom", result["log_tail"]
+    assert result["train_phase_s"] < 25
+    assert processes_under(tmp_path / "work") == []
 
 
 def test_no_secret_reaches_the_candidate(data_dir, tmp_path, monkeypatch):
@@ -141,3 +160,18 @@ def test_missing_contract_function_is_a_crash(data_dir, tmp_path, missing):
     result, _ = run(data_dir, tmp_path, source)
     assert result["status"] == "crash"
     assert f"no {missing}()" in result["error"]
+
+
+def test_a_phase_sees_the_workers_gpu_in_pci_order_within_what_it_was_given(
+    data_dir, tmp_path, monkeypatch
+):
+    assert visible_device(None, "0,1") == ""
+    assert visible_device(1, None) == "1" and visible_device(1, "") == "1"
+    assert visible_device(1, "4, 5,6") == "5"
+    assert visible_device(0, "GPU-8f1c,GPU-77ab") == "GPU-8f1c"
+    with pytest.raises(InfraError, match="not among"):
+        visible_device(2, "4,5")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,7")
+    env = ProcessRunner(data_dir, gpu=1)._env(tmp_path)
+    assert env["CUDA_VISIBLE_DEVICES"] == "7" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert ProcessRunner(data_dir)._env(tmp_path)["CUDA_VISIBLE_DEVICES"] == ""

@@ -51,13 +51,16 @@ class PhaseOutcome:
     seconds: float
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
     signed: list[str] = field(default_factory=list)  # the scorer's "@result" lines
+    over_memory: int = 0  # bytes resident when killed over the memory cap (process runner)
 
 
 @dataclass
 class Limits:
     """Resource limits of a candidate's process (or container)."""
 
-    memory_bytes: int | None = None  # address space (process runner, CPU only) / container memory
+    # Resident memory of a phase's processes (the process runner watches it every
+    # MEMORY_POLL_S; an address-space cap would break a CUDA build's start) / the container's.
+    memory_bytes: int | None = None
     file_bytes: int = 8 * 2**30  # largest file it may write (weights included)
     open_files: int = 4096
     log_bytes: int = 4 * 2**20  # output kept per phase; the rest is counted and dropped
@@ -235,6 +238,8 @@ class Runner(ABC):
 
     @staticmethod
     def _classify(outcome: PhaseOutcome, phase: str, wall_s: float) -> tuple[str, str | None]:
+        if outcome.over_memory:
+            return "oom", f"{phase} phase killed at {outcome.over_memory / 2**30:.2f} GiB resident"
         if outcome.timed_out:
             return "timeout", f"{phase} phase killed at its {wall_s:.0f}s wall"
         code = outcome.exit_code
@@ -365,7 +370,12 @@ class ProcessRunner(Runner):
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(workdir / "scratch"),
-            "CUDA_VISIBLE_DEVICES": "" if self.gpu is None else str(self.gpu),
+            # The worker's GPU index counts in nvidia-smi's (and Docker's) order, the PCI
+            # bus order, and within what this worker was given to see, if anything.
+            "CUDA_VISIBLE_DEVICES": visible_device(
+                self.gpu, os.environ.get("CUDA_VISIBLE_DEVICES")
+            ),
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             "TMPDIR": str(workdir / "scratch" / "tmp"),
         }
         # Only what the runtime needs to find its libraries and caches; nothing secret.
@@ -379,10 +389,6 @@ class ProcessRunner(Runner):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_FSIZE, (self.limits.file_bytes, self.limits.file_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.limits.open_files, self.limits.open_files))
-        if self.limits.memory_bytes:
-            resource.setrlimit(
-                resource.RLIMIT_AS, (self.limits.memory_bytes, self.limits.memory_bytes)
-            )
 
     def _spawn(self, argv: list[str], workdir: Path, waits: bool = False) -> subprocess.Popen:
         held = self.cage == "process"
@@ -455,9 +461,7 @@ class ProcessRunner(Runner):
             except BrokenPipeError:
                 pass  # it died while waiting; its exit code and output say why
         try:
-            outcome.exit_code = proc.wait(timeout=wall_s)
-        except subprocess.TimeoutExpired:
-            outcome.timed_out = True
+            self._wait(proc, start + wall_s, outcome)
         finally:
             # Kill the whole group: the candidate's children die with it, wall or not;
             # then whatever left the group (it may hold our output pipe open).
@@ -469,6 +473,74 @@ class ProcessRunner(Runner):
                 proc.stdout.close()
         outcome.seconds = time.monotonic() - start
         return outcome
+
+    def _wait(self, proc: subprocess.Popen, deadline: float, outcome: PhaseOutcome) -> None:
+        """Until the phase exits, its wall passes, or (with a cap) its processes hold more
+        resident memory than the cap."""
+        cap = self.limits.memory_bytes
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                outcome.exit_code = proc.wait(
+                    timeout=max(min(left, MEMORY_POLL_S if cap else left), 0)
+                )
+                return
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() >= deadline:
+                outcome.timed_out = True
+                return
+            resident = self._resident(proc.pid)
+            if cap and resident > cap:
+                outcome.over_memory = resident
+                return
+
+    def _resident(self, pid: int) -> int:
+        """Resident bytes of the phase: its process, every descendant, and what escaped to
+        us (orphans re-parented to this subreaper), whatever session they moved to."""
+        keep = {handle.pid for handle in self._prestarted.values()}
+        roots = {pid} | (_children() - getattr(self, "_before", set()) - keep)
+        table = _process_table()
+        kids: dict[int, list[int]] = {}
+        for p, (ppid, _) in table.items():
+            kids.setdefault(ppid, []).append(p)
+        seen, todo = set(), [r for r in roots if r in table]
+        while todo:
+            p = todo.pop()
+            if p not in seen:
+                seen.add(p)
+                todo.extend(kids.get(p, ()))
+        return sum(table[p][1] for p in seen)
+
+
+def visible_device(gpu: int | None, inherited: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for a phase: the worker's index into an inherited list (a
+    scheduler's "4,5" makes GPU 1 the device "5"), else the index itself; "" for none."""
+    if gpu is None:
+        return ""
+    ids = [d.strip() for d in (inherited or "").split(",") if d.strip()]
+    if not ids:
+        return str(gpu)
+    if gpu >= len(ids):
+        raise InfraError(f"GPU {gpu} is not among CUDA_VISIBLE_DEVICES={inherited}")
+    return ids[gpu]
+
+
+MEMORY_POLL_S = 0.1
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """{pid: (parent pid, resident bytes)} from Linux's /proc (empty elsewhere)."""
+    table = {}
+    for entry in Path("/proc").iterdir() if Path("/proc/self").exists() else ():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                table[int(entry.name)] = (int(fields[1]), int(fields[21]) * _PAGE)
+            except (OSError, IndexError, ValueError):
+                continue
+    return table
 
 
 # Loaded here, not in the forked child, where loading a library is not safe.
