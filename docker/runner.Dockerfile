@@ -41,6 +41,17 @@ RUN set -eu; \
         echo "runner.Dockerfile: the base has no torch; pass --build-arg TORCH_SPEC=..." >&2; \
         exit 1; }
 
+# torch.compile's Triton builds a small C launcher at the first compiled call: a C compiler
+# and Python's headers must be there (PyTorch's runtime images have neither compiler).
+RUN set -eu; \
+    if ! command -v cc >/dev/null 2>&1; then \
+        apt-get update; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi; \
+    python3 -c "import os, sysconfig; h = os.path.join(sysconfig.get_paths()['include'], 'Python.h'); \
+assert os.path.exists(h), 'runner.Dockerfile: no ' + h + ' (install the python3-dev of the base)'"
+
 # The user the runner starts phases as (1000:1000); unless the base already has uid 1000.
 RUN set -eu; \
     if ! getent passwd 1000 >/dev/null; then \

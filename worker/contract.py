@@ -148,6 +148,8 @@ def make_result(spec: dict[str, Any], status: str, **fields: Any) -> dict[str, A
         # Which cage ran both phases: docker, process, process-weak (the kernel could not
         # confine), none (the simulate runner).
         "cage": None,
+        # The causality probe's largest move (nats) of a log-probability before a split.
+        "causal_move": None,
     }
     unknown = set(fields) - set(result)
     if unknown:

@@ -285,6 +285,7 @@ _RESULT_KEYS = (
     "steps",
     "params",
     "fingerprint",
+    "causal_move",
 )
 
 
