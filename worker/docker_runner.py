@@ -142,7 +142,8 @@ class DockerRunner(Runner):
         ]
 
     def _create(self, phase: str, argv: list[str], workdir: Path, waits: bool = False):
-        (workdir / "scratch").chmod(0o777)  # the container's non-root user writes here
+        for folder in (workdir / "scratch", workdir / "scratch" / "tmp"):
+            folder.chmod(0o777)  # the container's non-root user writes here (TMPDIR too)
         memory = self.limits.memory_bytes or _default_memory()
         gpus = (
             [DeviceRequest(device_ids=[str(self.gpu)], capabilities=[["gpu"]])]
