@@ -47,7 +47,8 @@ from harness.profiles import get_profile  # noqa: E402
 from tests.conftest import TINY_TRAIN, write_corpus  # noqa: E402
 from worker import contract  # noqa: E402
 from worker.docker_runner import LABEL, DockerRunner  # noqa: E402
-from worker.runner import ProcessRunner, Runner  # noqa: E402
+from worker.process_runner import ProcessRunner  # noqa: E402
+from worker.runner import Runner  # noqa: E402
 
 IMAGE = "autoresearch-bench-base:latest"
 BUDGET = {"train_wall_s": 10.0, "save_margin_s": 2.0, "return_grace_s": 1.0, "eval_wall_s": 30.0}

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from harness.prepare import prepare  # noqa: E402
 from harness.profiles import get_profile  # noqa: E402
 from worker import contract  # noqa: E402
-from worker.runner import ProcessRunner  # noqa: E402
+from worker.process_runner import ProcessRunner  # noqa: E402
 
 
 def main() -> int:

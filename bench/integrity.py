@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness import manifest as mf  # noqa: E402
-from worker.runner import ProcessRunner  # noqa: E402
+from worker.process_runner import ProcessRunner  # noqa: E402
 from worker.settings import default_data_root  # noqa: E402
 
 

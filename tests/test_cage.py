@@ -22,7 +22,8 @@ from harness import cage
 from harness import manifest as mf
 from tests.conftest import REPO_ROOT, TINY_TRAIN, processes_under, run_candidate
 from tests.test_docker_runner import client, image, make_runner  # noqa: F401
-from worker.runner import HARNESS_DIR, InfraError, Limits, ProcessRunner
+from worker.process_runner import ProcessRunner
+from worker.runner import HARNESS_DIR, InfraError, Limits
 
 # A wide wall: the fixed candidate returns after 12 steps, and a loaded machine starts slowly.
 BUDGET = {"train_wall_s": 30.0, "save_margin_s": 3.0, "return_grace_s": 2.0, "eval_wall_s": 60.0}

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_TRAIN, processes_under, run_candidate
-from worker.runner import InfraError, Limits, ProcessRunner, visible_device
+from worker.process_runner import ProcessRunner, visible_device
+from worker.runner import InfraError, Limits
 
 BUDGET = {"train_wall_s": 6.0, "save_margin_s": 1.5, "return_grace_s": 0.7, "eval_wall_s": 20.0}
 

@@ -19,7 +19,8 @@ from rq import get_current_job
 from harness import codes
 from harness import manifest as mf
 from worker import contract
-from worker.runner import InfraError, Limits, ProcessRunner, Runner
+from worker.process_runner import ProcessRunner
+from worker.runner import InfraError, Limits, Runner
 from worker.settings import STREAM_TTL_S, WorkerSettings, add_log_entry, log_stream_key
 
 

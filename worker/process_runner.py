@@ -1,0 +1,291 @@
+"""The process runner: each phase a subprocess of this worker, confined by the kernel.
+
+For hosts without Docker (laptops, CI, the embedded default). The phases start through
+harness/boot.py and, where the kernel can hold it, inside harness/cage.py's cage; the whole
+process group is killed at the wall, orphans are reaped (the worker is their subreaper), and
+an optional cap holds the phase's resident memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import boot, cage
+from harness import manifest as mf
+from worker.runner import (
+    HARNESS_DIR,
+    PASSTHROUGH_ENV,
+    Emit,
+    InfraError,
+    Limits,
+    PhaseOutcome,
+    Runner,
+    pump_lines,
+)
+
+
+class ProcessRunner(Runner):
+    """Each phase a subprocess in a new session, killed as a group at the wall.
+
+    Each phase starts through harness/boot.py (isolated interpreter, no start-up hooks,
+    harness from source only) and, where the kernel can hold it, inside the cage of
+    harness/cage.py: writes only to its scratch, reads only what its phase needs (the train
+    phase never the validation split, the eval phase's model server no data at all), no
+    network. Where the kernel cannot (no Landlock ABI 3, no libseccomp, not Linux) the cage
+    is `process-weak`: said once at the worker's start and on every row.
+    """
+
+    name = "process"
+
+    def __init__(self, data_dir: Path, limits: Limits | None = None, gpu: int | None = None):
+        super().__init__(data_dir, limits, gpu)
+        held, self.cage_note = cage.probe()
+        self.cage = "process" if held else "process-weak"
+
+    def policy(self, phase: str, workdir: Path) -> dict:
+        """What a phase may read and write: its split of the data, never the other."""
+        data = self.data_dir.resolve()
+        split = mf.TRAIN_DIR if phase == "train" else mf.VAL_DIR
+        scratch = str((workdir / "scratch").resolve())
+        read = {str(HARNESS_DIR), str((workdir / "train.py").resolve()), scratch}
+        read |= {str(data / name) for name in (mf.MANIFEST, mf.TOKENIZER_DIR, split)}
+        return cage.Policy(sorted(cage.python_paths() | read), [scratch]).to_dict()
+
+    def _env(self, workdir: Path) -> dict[str, str]:
+        """A clean environment: no API keys, no Redis password, nothing inherited by accident."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(workdir / "scratch"),
+            # The worker's GPU index counts in nvidia-smi's (and Docker's) order, the PCI
+            # bus order, and within what this worker was given to see, if anything.
+            "CUDA_VISIBLE_DEVICES": visible_device(
+                self.gpu, os.environ.get("CUDA_VISIBLE_DEVICES")
+            ),
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            "TMPDIR": str(workdir / "scratch" / "tmp"),
+        }
+        # Only what the runtime needs to find its libraries and caches; nothing secret.
+        for key in PASSTHROUGH_ENV:
+            if key in os.environ:
+                env[key] = os.environ[key]
+        return env
+
+    def _preexec(self) -> None:
+        _die_with_parent()
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limits.file_bytes, self.limits.file_bytes))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.limits.open_files, self.limits.open_files))
+
+    def _spawn(self, argv: list[str], workdir: Path, waits: bool = False) -> subprocess.Popen:
+        held = self.cage == "process"
+        cmd = boot.command(
+            sys.executable,
+            "harness.entry",
+            argv,
+            path=[p for p in sys.path if os.path.isabs(p)],
+            cage=self.policy(argv[0], workdir) if held else None,
+            require=held,
+        )
+        return subprocess.Popen(
+            cmd,
+            cwd=workdir / "scratch",  # like the container's: relative writes land in scratch
+            env=self._env(workdir),
+            stdin=subprocess.PIPE if waits else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=self._preexec,
+        )
+
+    def candidate_path(self) -> str:
+        return "../train.py"  # from the phase's working folder, its scratch
+
+    def scratch_path(self) -> str:
+        return "."
+
+    def start_waiting(self, phase: str, argv: list[str], workdir: Path) -> subprocess.Popen:
+        return self._spawn(argv, workdir, waits=True)
+
+    def discard(self, handle: subprocess.Popen) -> None:
+        _killpg(handle.pid)
+        handle.wait()
+        for pipe in (handle.stdin, handle.stdout):
+            if pipe:
+                pipe.close()
+
+    def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
+        # Orphans of a phase (a daemon that left its process group) become our children, so
+        # we can find and kill them; whatever was our child before is left alone.
+        _become_subreaper()
+        self._before = _children()
+        try:
+            return super().run(spec, workdir, emit)
+        finally:
+            self._kill_orphans()
+
+    def _kill_orphans(self) -> None:
+        """Kill what a phase left behind: new children of ours that are not a phase we
+        started (a daemon that escaped its group was re-parented to us)."""
+        keep = {handle.pid for handle in self._prestarted.values()}
+        for pid in _children() - getattr(self, "_before", set()) - keep:
+            _kill(pid)
+
+    def run_phase(
+        self, phase: str, argv: list[str], workdir: Path, wall_s: float, emit: Emit
+    ) -> PhaseOutcome:
+        proc = self._prestarted.pop(phase, None)
+        start = time.monotonic()
+        if proc is None:
+            proc = self._spawn(argv, workdir)
+        outcome = PhaseOutcome(exit_code=None, timed_out=False, seconds=0.0)
+        lines = iter(proc.stdout.readline, b"")
+        pump = pump_lines(lines, phase, emit, outcome.tail, self.limits.log_bytes, outcome.signed)
+        if proc.stdin:
+            try:
+                proc.stdin.write(self.go_line(phase))
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # it died while waiting; its exit code and output say why
+        try:
+            self._wait(proc, start + wall_s, outcome)
+        finally:
+            # Kill the whole group: the candidate's children die with it, wall or not;
+            # then whatever left the group (it may hold our output pipe open).
+            _killpg(proc.pid)
+            proc.wait()
+            self._kill_orphans()
+            pump.join(timeout=5)
+            if not pump.is_alive():  # closing under a blocked reader would hang
+                proc.stdout.close()
+        outcome.seconds = time.monotonic() - start
+        return outcome
+
+    def _wait(self, proc: subprocess.Popen, deadline: float, outcome: PhaseOutcome) -> None:
+        """Until the phase exits, its wall passes, or (with a cap) its processes hold more
+        resident memory than the cap."""
+        cap = self.limits.memory_bytes
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                outcome.exit_code = proc.wait(
+                    timeout=max(min(left, MEMORY_POLL_S if cap else left), 0)
+                )
+                return
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() >= deadline:
+                outcome.timed_out = True
+                return
+            resident = self._resident(proc.pid)
+            if cap and resident > cap:
+                outcome.over_memory = resident
+                return
+
+    def _resident(self, pid: int) -> int:
+        """Resident bytes of the phase: its process, every descendant, and what escaped to
+        us (orphans re-parented to this subreaper), whatever session they moved to."""
+        keep = {handle.pid for handle in self._prestarted.values()}
+        roots = {pid} | (_children() - getattr(self, "_before", set()) - keep)
+        table = _process_table()
+        kids: dict[int, list[int]] = {}
+        for p, (ppid, _) in table.items():
+            kids.setdefault(ppid, []).append(p)
+        seen, todo = set(), [r for r in roots if r in table]
+        while todo:
+            p = todo.pop()
+            if p not in seen:
+                seen.add(p)
+                todo.extend(kids.get(p, ()))
+        return sum(table[p][1] for p in seen)
+
+
+def visible_device(gpu: int | None, inherited: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for a phase: the worker's index into an inherited list (a
+    scheduler's "4,5" makes GPU 1 the device "5"), else the index itself; "" for none."""
+    if gpu is None:
+        return ""
+    ids = [d.strip() for d in (inherited or "").split(",") if d.strip()]
+    if not ids:
+        return str(gpu)
+    if gpu >= len(ids):
+        raise InfraError(f"GPU {gpu} is not among CUDA_VISIBLE_DEVICES={inherited}")
+    return ids[gpu]
+
+
+MEMORY_POLL_S = 0.1
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """{pid: (parent pid, resident bytes)} from Linux's /proc (empty elsewhere)."""
+    table = {}
+    for entry in Path("/proc").iterdir() if Path("/proc/self").exists() else ():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                table[int(entry.name)] = (int(fields[1]), int(fields[21]) * _PAGE)
+            except (OSError, IndexError, ValueError):
+                continue
+    return table
+
+
+# Loaded here, not in the forked child, where loading a library is not safe.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL the phase when the worker's process dies (RQ kills its work-horse on a
+    stop command or a job timeout without running our finally)."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _children() -> set[int]:
+    """PIDs whose parent is this process (Linux /proc; empty elsewhere)."""
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").iterdir() if Path("/proc/self").exists() else ():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                found.add(int(entry.name))
+    return found
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL a left-over descendant and its group, then reap it."""
+    for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            target()
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
