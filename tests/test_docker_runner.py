@@ -19,7 +19,8 @@ from worker.docker_runner import LABEL, DockerRunner, parse_path_map
 from worker.runner import Limits
 
 IMAGE = "autoresearch-test-base:latest"
-BUDGET = {"train_wall_s": 8.0, "save_margin_s": 2.0, "return_grace_s": 1.0, "eval_wall_s": 30.0}
+# The first step may pay lazy imports (a CUDA build of torch on a CPU): a grace of 3 s.
+BUDGET = {"train_wall_s": 10.0, "save_margin_s": 3.0, "return_grace_s": 3.0, "eval_wall_s": 30.0}
 HOST_MOUNTS = [p for p in ("/usr", "/lib", "/lib64", "/bin") if Path(p).exists()]
 
 
