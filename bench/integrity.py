@@ -5,7 +5,7 @@ data the scorer reads against the manifest (worker/runner.py `Runner.vouch`). Th
 that check on a prepared data folder, and the hash alone on a validation shard the size of
 the gpu profile's (20 Mi tokens, 40 MiB), and prints each as a share of an eval phase.
 
-    python bench/integrity.py [--data-dir DIR] [--rounds 50] [--eval-s 0.4]
+    python bench/integrity.py [--data-dir DIR] [--rounds 50] [--eval-s 0.84]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=default_data_root() / "cpu")
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument(
-        "--eval-s", type=float, default=0.4, help="the cpu eval phase (bench/overhead.py)"
+        "--eval-s", type=float, default=0.84, help="the cpu eval phase (bench/overhead.py)"
     )
     parser.add_argument("--gpu-eval-s", type=float, default=30.0, help="a gpu eval phase")
     args = parser.parse_args()
