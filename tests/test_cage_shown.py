@@ -42,3 +42,31 @@ def test_status_and_report_show_the_cages_and_warn_about_a_weak_one(tmp_path):
     strong = view.render_status({**snap, **view.summary(rows[:1], {}, time.time())})
     assert "cage: process 1" in strong and "could not confine" not in strong
     assert "| Rows by cage | process 1, process-weak 2 |" in markdown("t", rows, summary, "")
+
+
+class Events:
+    def __init__(self):
+        self.seen = []
+
+    def info(self, event, **kw):
+        self.seen.append(("info", event, kw))
+
+    def warning(self, event, **kw):
+        self.seen.append(("warning", event, kw))
+
+
+def test_a_worker_says_at_start_which_cage_its_candidates_run_in(monkeypatch):
+    from harness import cage
+    from orchestrator.cli import _announce_cage
+
+    log = Events()
+    monkeypatch.setattr(cage, "probe", lambda: (True, "Landlock ABI 7, seccomp"))
+    _announce_cage(log, "process")
+    _announce_cage(log, "docker")
+    monkeypatch.setattr(cage, "probe", lambda: (False, "no Landlock on Darwin arm64"))
+    _announce_cage(log, "process")
+    assert log.seen[0] == ("info", "cage", {"cage": "process", "holds": "Landlock ABI 7, seccomp"})
+    assert log.seen[1] == ("info", "cage", {"cage": "docker"})
+    level, event, fields = log.seen[2]
+    assert (level, event, fields["cage"]) == ("warning", "cage.weak", "process-weak")
+    assert fields["why"] == "no Landlock on Darwin arm64" and "not confined" in fields["means"]
