@@ -10,6 +10,8 @@ import struct
 from typing import BinaryIO
 
 HEADER = struct.Struct(">4sQ")
+# A FWD frame's payload starts with the batch's shape (rows, positions), then int64 ids.
+SHAPE = struct.Struct(">II")
 # The largest frame the scorer accepts (a CPU batch of float32 logits is far below it).
 MAX_FRAME = 1 << 31
 

@@ -9,7 +9,6 @@ Each phase writes <scratch>/<phase>.json; the exit code (harness.codes) says how
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -17,27 +16,13 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from types import ModuleType
 
-from harness import codes
+from harness import candidate, codes, served
 from harness import manifest as mf
 
 # Dense bf16 peak FLOP/s, for MFU. Unknown devices report no MFU rather than a guess.
 PEAK_FLOPS = {"H100": 989.5e12, "H200": 989.5e12, "H800": 989.5e12, "A100": 312e12, "L40S": 362e12}
 WEIGHTS = "model.pt"
-
-
-def _load_candidate(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train"] = module
-    spec.loader.exec_module(module)
-    for name in ("build_model", "train"):
-        if not callable(getattr(module, name, None)):
-            raise AttributeError(f"train.py defines no {name}()")
-    return module
 
 
 def _device():
@@ -52,15 +37,6 @@ def _peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _build(module: ModuleType, ctx):
-    import torch
-
-    model = module.build_model(ctx)
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"build_model returned {type(model).__name__}, not a torch.nn.Module")
-    return model
 
 
 def _write(scratch: Path, phase: str, payload: dict) -> None:
@@ -88,8 +64,8 @@ def run_train(args: argparse.Namespace, manifest: dict) -> int:
         train_paths=[data / s["file"] for s in manifest["train"]],
         bos_id=manifest["tokenizer"]["bos_id"],
     )
-    module = _load_candidate(Path(args.candidate))
-    model = _build(module, ctx)
+    module = candidate.load(Path(args.candidate))
+    model = candidate.build(module, ctx)
     params = sum(p.numel() for p in model.parameters())
     ctx.train_started = time.time()
     module.train(model, ctx)
@@ -146,160 +122,7 @@ def summary_block(result: dict) -> str:
     return "---\n" + "\n".join(f"{k + ':':<20}{v}" for k, v in rows)
 
 
-class HostFailure(RuntimeError):
-    """The host failed before any candidate code ran in the eval phase: exit codes.INFRA."""
-
-
-class BadChannel(RuntimeError):
-    """The model server's channel answered wrongly."""
-
-
-class ServedError(RuntimeError):
-    """The model server (the candidate's code) failed; kind is oom or crash."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-
-
-class ModelServer:
-    """The scorer's handle on the candidate's model, which lives in another process.
-
-    The scorer never imports train.py: whatever the candidate patches at import time or in
-    forward() stays in the model server, and the targets never leave the scorer.
-    """
-
-    def __init__(self) -> None:
-        import subprocess
-        import threading
-
-        cmd_r, cmd_w = os.pipe()
-        reply_r, reply_w = os.pipe()
-        from harness import boot
-
-        # Started like every harness process (harness/boot.py: no start-up hooks, the
-        # harness from source only), with this process's path; it confines itself further
-        # before it imports train.py.
-        self.proc = subprocess.Popen(
-            boot.command(
-                sys.executable, "harness.model_server", [str(cmd_r), str(reply_w)], path=sys.path
-            ),
-            pass_fds=(cmd_r, reply_w),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        os.close(cmd_r)
-        os.close(reply_w)
-        self.cmd = os.fdopen(cmd_w, "wb")
-        self.reply = os.fdopen(reply_r, "rb")
-        # Its output is the candidate's: marked, so no line of it passes for the harness's.
-        self._echo = threading.Thread(target=self._relay, daemon=True)
-        self._echo.start()
-
-    def _relay(self) -> None:
-        for raw in iter(self.proc.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            print(f"{codes.CANDIDATE_MARK}{line}", flush=True)
-
-    def _call(self, kind: bytes, payload: bytes) -> tuple[bytes, bytes]:
-        from harness import channel
-
-        try:
-            channel.send(self.cmd, kind, payload)
-            got, body = channel.recv(self.reply)
-        except (BrokenPipeError, channel.ChannelClosed):
-            self.proc.wait()
-            raise ServedError(
-                "crash", f"the model server exited (code {self.proc.returncode})"
-            ) from None
-        if got == b"ERR ":
-            what, _, message = body.decode("utf-8", "replace").partition(" ")
-            raise ServedError(what, message)
-        return got, body
-
-    def load(self, spec: dict) -> None:
-        _, sandbox = self._call(b"LOAD", json.dumps(spec).encode())
-        print(f"harness: model server {sandbox.decode('utf-8', 'replace')}", flush=True)
-
-    def forward(self, x):
-        import numpy as np
-        import torch
-
-        from harness.evaluate import BadLogits
-        from harness.model_server import SHAPE
-
-        batch, seq = x.shape
-        ids = x.to(torch.int64).contiguous().numpy().tobytes()
-        kind, body = self._call(b"FWD ", SHAPE.pack(batch, seq) + ids)
-        want = batch * seq * self.vocab
-        if kind == b"LOGI":
-            if len(body) != want * 4:
-                raise BadLogits(
-                    f"model server sent {len(body)} bytes of logits, expected {want * 4}"
-                )
-            return torch.from_numpy(np.frombuffer(body, dtype=np.float32).copy()).view(
-                batch, seq, self.vocab
-            )
-        if kind == b"CUDA":
-            return _from_cuda_ipc(json.loads(body), (batch, seq, self.vocab), want)
-        raise BadLogits(f"model server replied {kind!r}")
-
-    def check_cuda_sharing(self, device) -> None:
-        """Before the candidate is loaded: a CUDA tensor of the model server must open here
-        (one small probe). A failure is the host's (HostFailure), never a reason to score
-        in this process: the scorer never runs candidate code."""
-        try:
-            kind, body = self._call(b"PRBE", str(device).encode())
-            if kind != b"CUDA":
-                raise BadChannel(f"the model server replied {kind!r} to the probe")
-            probe = _from_cuda_ipc(json.loads(body), (1, 1, 4), 4)
-            if probe.flatten().tolist() != [1.0, 2.0, 3.0, 4.0]:
-                raise BadChannel("the probe tensor arrived with other values")
-        except Exception as exc:  # noqa: BLE001 - any failure, before any candidate code
-            raise HostFailure(f"CUDA IPC probe failed: {type(exc).__name__}: {exc}") from None
-
-    def close(self) -> None:
-        try:
-            self.cmd.close()
-        except OSError:
-            pass
-        self.proc.kill()
-        self.proc.wait()
-
-
-def _from_cuda_ipc(meta: dict, shape: tuple[int, int, int], numel: int):
-    """A float32 tensor on the GPU from the model server's IPC handle, size-checked."""
-    import base64
-
-    import torch
-
-    from harness.evaluate import BadLogits
-
-    b = base64.b64decode
-    # Opening an IPC handle needs CUDA initialised in this process (the private call below
-    # dereferences state that only initialisation fills; a segfault otherwise).
-    torch.cuda.init()
-    offset = int(meta["storage_offset"])
-    if offset < 0 or int(meta["size"]) < (offset + numel) * 4:
-        raise BadLogits("model server shared a CUDA buffer smaller than the logits")
-    storage = torch.UntypedStorage._new_shared_cuda(
-        int(meta["device"]),
-        b(meta["handle"]),
-        int(meta["size"]),
-        int(meta["offset"]),
-        b(meta["ref_handle"]),
-        int(meta["ref_offset"]),
-        b(meta["event_handle"]),
-        bool(meta["event_sync"]),
-    )
-    out = torch.empty(0, dtype=torch.float32, device=f"cuda:{int(meta['device'])}")
-    seq, vocab = shape[1], shape[2]
-    out.set_(storage, offset, shape, (seq * vocab, vocab, 1))
-    return out.clone()
-
-
-def run_eval(args: argparse.Namespace, manifest: dict, server: ModelServer) -> int:
+def run_eval(args: argparse.Namespace, manifest: dict, server: served.ModelServer) -> int:
 
     import numpy as np
 
@@ -391,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     if args.phase == "eval":
         _not_dumpable()
-        server = ModelServer()  # its imports overlap our wait for the go
+        server = served.ModelServer()  # its imports overlap our wait for the go
     try:
         if args.wait:
             go = _wait_for_go()
@@ -445,10 +268,10 @@ def _classify(exc: BaseException) -> int:
     sys.stderr.flush()
     if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError):
         return codes.OOM
-    if isinstance(exc, HostFailure):
+    if isinstance(exc, served.HostFailure):
         print(f"harness: {exc}", file=sys.stderr, flush=True)
         return codes.INFRA
-    if isinstance(exc, ServedError):
+    if isinstance(exc, served.ServedError):
         print(f"harness: model server: {exc}", file=sys.stderr, flush=True)
         return codes.OOM if exc.kind == "oom" else codes.CRASH
     if isinstance(exc, NonFiniteLogits):

@@ -16,15 +16,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import struct
 import sys
 import time
 import traceback
 from pathlib import Path
 
 from harness import channel
-
-SHAPE = struct.Struct(">II")
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -38,8 +35,8 @@ def _error_kind(exc: BaseException) -> str:
 def serve(cmd, reply) -> None:
     import torch
 
+    from harness import candidate
     from harness.context import Context
-    from harness.entry import _build, _load_candidate
     from harness.evaluate import check_logits
 
     model = None
@@ -66,15 +63,15 @@ def serve(cmd, reply) -> None:
                     seed=spec["seed"],
                     deadline=time.time(),
                 )
-                module = _load_candidate(Path(spec["candidate"]))
-                model = _build(module, ctx)
+                module = candidate.load(Path(spec["candidate"]))
+                model = candidate.build(module, ctx)
                 state = torch.load(spec["weights"], map_location=device, weights_only=True)
                 model.load_state_dict(state)
                 model.eval()
                 channel.send(reply, b"OK  ", sandbox.encode())
             elif kind == b"FWD ":
-                batch, seq = SHAPE.unpack_from(payload)
-                ids = torch.frombuffer(bytearray(payload[SHAPE.size :]), dtype=torch.int64)
+                batch, seq = channel.SHAPE.unpack_from(payload)
+                ids = torch.frombuffer(bytearray(payload[channel.SHAPE.size :]), dtype=torch.int64)
                 x = ids.view(batch, seq).to(device)
                 with torch.no_grad(), _autocast(device):
                     logits = check_logits(model(x), batch, seq, vocab)
@@ -158,8 +155,9 @@ def main() -> int:
     cmd_fd, reply_fd = int(sys.argv[1]), int(sys.argv[2])
     import torch  # noqa: F401 - paid while the scorer waits for its go
 
+    import harness.candidate  # noqa: F401
     import harness.context  # noqa: F401
-    import harness.entry  # noqa: F401
+    import harness.evaluate  # noqa: F401
 
     with os.fdopen(cmd_fd, "rb") as cmd, os.fdopen(reply_fd, "wb") as reply:
         serve(cmd, reply)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import entry
+from harness import entry, served
 from harness import evaluate as ev
 from tests.conftest import TINY_TRAIN, run_candidate
 from tests.test_cage import BUDGET, runner  # noqa: F401
@@ -32,7 +32,7 @@ def test_the_scorer_initialises_cuda_before_it_opens_an_ipc_handle(monkeypatch):
     meta |= {k: base64.b64encode(b"h").decode() for k in ("handle", "ref_handle", "event_handle")}
     meta |= {"size": 64, "event_sync": False}
     with pytest.raises(RuntimeError, match="no device"):
-        entry._from_cuda_ipc(json.loads(json.dumps(meta)), (1, 1, 4), 4)
+        served._from_cuda_ipc(json.loads(json.dumps(meta)), (1, 1, 4), 4)
     assert calls == ["init", "open"]
 
 
@@ -40,7 +40,7 @@ def test_a_failed_cuda_ipc_probe_is_the_hosts_failure_before_any_candidate_code(
     """No fallback that scores with the candidate's code in the scorer: a HostFailure, which
     the entry point turns into codes.INFRA (the runner raises InfraError and RQ retries)."""
 
-    class Server(entry.ModelServer):
+    class Server(served.ModelServer):
         def __init__(self):  # no process: only the probe's handling is under test
             self.loaded = False
 
@@ -52,12 +52,12 @@ def test_a_failed_cuda_ipc_probe_is_the_hosts_failure_before_any_candidate_code(
             self.loaded = True
 
     server = Server()
-    with pytest.raises(entry.HostFailure, match="CUDA IPC probe failed"):
+    with pytest.raises(served.HostFailure, match="CUDA IPC probe failed"):
         server.check_cuda_sharing("cuda:0")
     assert not server.loaded
     from harness import codes
 
-    assert entry._classify(entry.HostFailure("x")) == codes.INFRA
+    assert entry._classify(served.HostFailure("x")) == codes.INFRA
 
 
 def test_every_eval_call_has_one_shape_so_a_compiled_model_never_recompiles(prepared):  # noqa: F811
