@@ -35,7 +35,7 @@ from pathlib import Path
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446
 _VERSION = 1 << 0
 _RULE_PATH_BENEATH = 1
-EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+WRITE_FILE, READ_FILE, READ_DIR = 1 << 1, 1 << 2, 1 << 3  # execution is not restricted
 _DIR_CHANGES = sum(1 << i for i in range(4, 13))  # remove dir/file, make char..sym
 REFER, TRUNCATE = 1 << 13, 1 << 14  # ABI 2, ABI 3
 _NET_TCP = (1 << 0) | (1 << 1)  # bind, connect (ABI 4)

@@ -123,7 +123,6 @@ def summary_block(result: dict) -> str:
 
 
 def run_eval(args: argparse.Namespace, manifest: dict, server: served.ModelServer) -> int:
-
     import numpy as np
 
     from harness.evaluate import evaluate_bpb, probe_plan, validation_rows

@@ -176,18 +176,16 @@ def _padded(forward, x: torch.Tensor, batch_size: int, seq_len: int, vocab_size:
 
 
 def causal_move(forward, x, logp, splits: torch.Tensor, device, batch_size: int | None = None):
-    """The largest change of a log-probability before each row's split (splits[b] > 0)
+    """The largest change of a log-probability before each row's split (splits[b] >= 1)
     when every token from the split on is replaced by another one."""
     vocab = logp.shape[-1]
     pos = torch.arange(x.shape[1])
     after = pos[None, :] >= splits[:, None]
-    after &= splits[:, None] > 0
     shift = torch.randint(1, vocab, x.shape, generator=_generator())
     probe = torch.where(after, (x + shift) % vocab, x).contiguous()
     again = _padded(forward, probe, batch_size or len(x), x.shape[1], vocab).to(device)
-    before = (pos[None, :] < splits[:, None]) & (splits[:, None] > 0)
     diff = (F.log_softmax(again.float(), dim=-1) - logp).abs().amax(dim=-1)
-    return diff[before.to(device)].max()
+    return diff[~after.to(device)].max()
 
 
 def check_causal(forward, x, logp, splits, device, batch_size: int | None = None) -> float:

@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,7 @@ def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -
         "rows": len(all_rows),
         "counts": counts(all_rows),
         # Rows by the cage that held their candidate (process-weak: the kernel could not).
-        "cages": counts([{"status": r["cage"]} for r in all_rows if r.get("cage")]),
+        "cages": dict(Counter(r["cage"] for r in all_rows if r.get("cage"))),
         "baseline": baseline,
         "best": best,
         "gain": (base_value - best["val_bpb"]) if best and base_value else None,

@@ -131,11 +131,15 @@ class ProcessRunner(Runner):
         finally:
             self._kill_orphans()
 
-    def _kill_orphans(self) -> None:
-        """Kill what a phase left behind: new children of ours that are not a phase we
-        started (a daemon that escaped its group was re-parented to us)."""
+    def _escaped(self, table: dict[int, tuple[int, int]] | None = None) -> set[int]:
+        """New children of ours that are not a phase we started: what escaped a phase's
+        group (a daemon re-parented to us, the subreaper)."""
         keep = {handle.pid for handle in self._prestarted.values()}
-        for pid in _children() - getattr(self, "_before", set()) - keep:
+        return _children(table) - getattr(self, "_before", set()) - keep
+
+    def _kill_orphans(self) -> None:
+        """Kill what a phase left behind."""
+        for pid in self._escaped():
             _kill(pid)
 
     def run_phase(
@@ -184,17 +188,15 @@ class ProcessRunner(Runner):
             if time.monotonic() >= deadline:
                 outcome.timed_out = True
                 return
-            resident = self._resident(proc.pid)
-            if cap and resident > cap:
+            if cap and (resident := self._resident(proc.pid)) > cap:
                 outcome.over_memory = resident
                 return
 
     def _resident(self, pid: int) -> int:
         """Resident bytes of the phase: its process, every descendant, and what escaped to
         us (orphans re-parented to this subreaper), whatever session they moved to."""
-        keep = {handle.pid for handle in self._prestarted.values()}
-        roots = {pid} | (_children() - getattr(self, "_before", set()) - keep)
         table = _process_table()
+        roots = {pid} | self._escaped(table)
         kids: dict[int, list[int]] = {}
         for p, (ppid, _) in table.items():
             kids.setdefault(ppid, []).append(p)
@@ -257,18 +259,10 @@ def _become_subreaper() -> None:
         _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
-def _children() -> set[int]:
+def _children(table: dict[int, tuple[int, int]] | None = None) -> set[int]:
     """PIDs whose parent is this process (Linux /proc; empty elsewhere)."""
-    me, found = os.getpid(), set()
-    for entry in Path("/proc").iterdir() if Path("/proc/self").exists() else ():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
-                found.add(int(entry.name))
-    return found
+    me = os.getpid()
+    return {pid for pid, (ppid, _) in (table or _process_table()).items() if ppid == me}
 
 
 def _kill(pid: int) -> None:
