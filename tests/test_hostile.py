@@ -363,9 +363,8 @@ def test_a_daemon_does_not_survive_the_run(runner, tmp_path):
 
 def test_what_each_runner_lets_a_candidate_see(runner, data_dir, tmp_path, monkeypatch):
     """Validation data, network, secrets: both runners block them in both phases (the
-    process runner with its kernel cage; tests/test_cage.py covers each category)."""
-    if isinstance(runner, ProcessRunner) and runner.cage != "process":
-        pytest.skip(f"the kernel cannot hold the process runner's cage: {runner.cage_note}")
+    process runner with its kernel cage; tests/test_cage.py covers each category). Where
+    the kernel cannot hold the cage (process-weak), the train phase reads and connects."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-hostile-test")
     monkeypatch.setenv("REDIS_URL", "redis://:hunter2@127.0.0.1:6379/0")
     with socket.socket() as server:
@@ -384,6 +383,9 @@ def test_what_each_runner_lets_a_candidate_see(runner, data_dir, tmp_path, monke
     # The eval phase's model server (its import-time probe runs there too) never reads data.
     eval_lines = [line for phase, line in lines if phase == "eval"]
     assert any("VAL_IMPORT:blocked" in line for line in eval_lines), eval_lines
-    assert seen["VAL_IMPORT"] == "blocked" and seen["VAL_TRAIN"] == "blocked"
-    assert seen["TRAIN_NET"] == "blocked" and seen["TRAIN_DNS"] == "blocked"
+    held = "open" if runner.cage == "process-weak" else "blocked"
+    assert seen["VAL_IMPORT"] == held and seen["VAL_TRAIN"] == held
+    assert seen["TRAIN_NET"] == held
+    if held == "blocked":  # weak: a resolver may answer or not, so only the cage is asserted
+        assert seen["TRAIN_DNS"] == "blocked"
     assert os.environ["OPENAI_API_KEY"] == "sk-hostile-test"
