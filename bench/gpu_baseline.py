@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness import manifest as mf  # noqa: E402
 from harness.prepare import prepare  # noqa: E402
 from harness.profiles import get_profile  # noqa: E402
 from worker import contract  # noqa: E402
@@ -40,6 +41,9 @@ def main() -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="folder for result.json and output.log"
     )
+    parser.add_argument(
+        "--candidate", type=Path, default=ROOT / "workspace" / "train.py", help="the train.py"
+    )
     args = parser.parse_args()
 
     profile = dataclasses.replace(
@@ -50,13 +54,18 @@ def main() -> int:
     if args.val_tokens:
         profile = dataclasses.replace(profile, val_tokens=args.val_tokens)
     t0 = time.time()
-    manifest = prepare(
-        args.data_dir,
-        profile,
-        source="local",
-        local_dir=args.local_dir,
-        emit=lambda event, **kw: print(f"[{time.time() - t0:6.1f}s] {event} {kw}", flush=True),
-    )
+    try:  # the same profile prepared before (a second candidate on the same data): reuse it
+        manifest = mf.load_manifest(args.data_dir)
+        if manifest.get("profile") != profile.to_dict():
+            raise FileNotFoundError
+    except FileNotFoundError:
+        manifest = prepare(
+            args.data_dir,
+            profile,
+            source="local",
+            local_dir=args.local_dir,
+            emit=lambda event, **kw: print(f"[{time.time() - t0:6.1f}s] {event} {kw}", flush=True),
+        )
     train_tokens = sum(s["tokens"] for s in manifest["train"])
     print(
         f"prepared in {time.time() - t0:.1f}s: {train_tokens / 1e6:.1f}M train tokens, "
@@ -64,7 +73,7 @@ def main() -> int:
         flush=True,
     )
 
-    source = (ROOT / "workspace" / "train.py").read_text()
+    source = args.candidate.read_text()
     budget = {
         k: getattr(profile, k)
         for k in ("train_wall_s", "save_margin_s", "return_grace_s", "eval_wall_s")

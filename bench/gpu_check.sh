@@ -11,6 +11,8 @@
 # 4. the baseline train.py through the process runner and its cage with a short wall:
 #    status, val_bpb, tokens per second, MFU, the time split, peak memory, the cage, the
 #    causality probe's largest move (bf16 on the GPU) and the model server's line (CUDA IPC);
+#    then a candidate that turns on expandable segments at import (the logits still reach
+#    the scorer through the harness's own buffer);
 # 5. the same through the docker runner, where an engine and the runner image are there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +50,12 @@ keys = ("status", "val_bpb", "tokens_per_s", "mfu", "startup_s", "first_step_s",
 print("\n".join(f"{k:>16}: {r.get(k)}" for k in keys))
 PYEOF
 grep -h "model server\|cage:" "$OUT/process/output.log" | head -5
+sed '/^from __future__/a import torch; torch.cuda.memory._set_allocator_settings("expandable_segments:True")' \
+    workspace/train.py > "$OUT/expandable_train.py"
+"$PY" bench/gpu_baseline.py --local-dir "$STDLIB" --data-dir "$OUT/data" --out "$OUT/expandable" \
+    --max-train-tokens 20000000 --tokenizer-chars 5000000 --val-tokens 1000000 \
+    --train-wall 20 --candidate "$OUT/expandable_train.py" | tail -3 || true
+"$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); print('expandable segments:', r['status'], r.get('val_bpb')); sys.exit(r['status'] != 'ok')" "$OUT/expandable/result.json"
 
 echo "== 5. the docker runner"
 IMAGE=${AUTORESEARCH_RUNNER_IMAGE:-autoresearch-runner:latest}

@@ -135,7 +135,8 @@ def run_eval(args: argparse.Namespace, manifest: dict, server: served.ModelServe
     vocab = manifest["tokenizer"]["vocab_size"]
     server.vocab = vocab
     if device.type == "cuda":
-        server.check_cuda_sharing(device)  # before the candidate's code is loaded
+        # Before the candidate's code is loaded; every batch has the same shape (padded).
+        server.check_cuda_sharing(device, profile["eval_batch_size"] * profile["seq_len"] * vocab)
     server.load(
         {
             "candidate": str(Path(args.candidate).resolve()),

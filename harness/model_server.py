@@ -5,10 +5,17 @@ eval), which holds the validation targets and computes val_bpb in its own proces
 process only ever sees input rows; whatever the candidate's code patches here (the loss,
 the harness, torch) cannot touch the score. Replies are plain frames (harness.channel):
 
+  PRBE <json: device, numel> -> CUDA <json: IPC handle>   (GPU, before LOAD) allocate the
+                                 logits buffer the scorer opens once; it holds 1, 2, 3, 4 first
   LOAD <json>        -> OK   | ERR <kind> <message>   build the model, load the weights
   FWD  <B,T><ids>    -> LOGI <float32 bytes, B*T*V>  (CPU)
-                      | CUDA <json: IPC handle of a float32 [B,T,V] tensor>  (GPU)
+                      | CUDA   (GPU: the logits are in the buffer's first B*T*V floats)
                       | ERR <kind> <message>
+
+On a GPU the scorer reads only that one buffer, which the harness allocates before any
+candidate code runs: an allocator setting the candidate picks later (expandable segments,
+whose memory is shared through pidfd_getfd, or a custom allocator) cannot change how the
+logits travel, and the scorer opens one IPC handle per eval, not one per batch.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ def serve(cmd, reply) -> None:
     model = None
     device = None
     vocab = 0
-    last = None  # the logits the scorer may still be reading (CUDA IPC)
+    shared = None  # SharedLogits (CUDA): allocated at the probe, before the candidate's code
     while True:
         try:
             kind, payload = channel.recv(cmd)
@@ -75,15 +82,17 @@ def serve(cmd, reply) -> None:
                 x = ids.view(batch, seq).to(device)
                 with torch.no_grad(), _autocast(device):
                     logits = check_logits(model(x), batch, seq, vocab)
-                last = logits.detach().float().contiguous()
                 if device.type == "cuda":
-                    channel.send(reply, b"CUDA", json.dumps(_share_cuda(last)).encode())
+                    if shared is None:
+                        raise RuntimeError("CUDA logits asked for before the probe")
+                    shared.put(logits.detach())
+                    channel.send(reply, b"CUDA", b"")
                 else:
-                    channel.send(reply, b"LOGI", last.numpy().tobytes())
+                    channel.send(reply, b"LOGI", logits.detach().float().numpy().tobytes())
             elif kind == b"PRBE":  # can the scorer open our CUDA memory? (before LOAD)
-                probe_device = torch.device(payload.decode())
-                last = torch.arange(1, 5, dtype=torch.float32, device=probe_device).view(1, 1, 4)
-                channel.send(reply, b"CUDA", json.dumps(_share_cuda(last)).encode())
+                ask = json.loads(payload)
+                shared = SharedLogits(torch.device(ask["device"]), int(ask["numel"]))
+                channel.send(reply, b"CUDA", json.dumps(_share_cuda(shared.buf)).encode())
             else:
                 raise ValueError(f"unknown command {kind!r}")
         except BaseException as exc:  # noqa: BLE001 - every failure is reported, then we go on
@@ -125,6 +134,50 @@ def _autocast(device):
     return contextlib.nullcontext()
 
 
+class SharedLogits:
+    """The buffer the scorer reads the logits from (float32, numel long), made by the
+    harness at the probe: before the candidate's code runs, so in an ordinary segment of
+    the caching allocator, whatever allocator the candidate sets up later."""
+
+    def __init__(self, device, numel: int):
+        import torch
+
+        self.buf = torch.zeros(max(numel, 4), dtype=torch.float32, device=device)
+        self.buf[:4] = torch.arange(1, 5, dtype=torch.float32)
+        self._sync()
+
+    def put(self, logits):
+        """Copy the logits to the buffer's start and wait until they are there (the scorer
+        reads as soon as we reply, and waits for its own copy before it asks again)."""
+        n = logits.numel()
+        if n > self.buf.numel():
+            raise ValueError(f"{n} logits do not fit the {self.buf.numel()} probed")
+        view = self.buf[:n].view(logits.shape)
+        view.copy_(logits)
+        self._sync()
+        return view
+
+    def _sync(self) -> None:
+        import torch
+
+        if self.buf.is_cuda:
+            torch.cuda.synchronize(self.buf.device)
+
+
+def _allocator_env(env: dict) -> None:
+    """Expandable segments off for the harness's own allocations (the probe's buffer): their
+    IPC goes through pidfd_getfd, which a container's seccomp profile or Yama may refuse.
+    Every other allocator setting is kept."""
+    for key in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        if key in env:
+            kept = [
+                part
+                for part in env[key].split(",")
+                if part.strip() and part.split(":")[0].strip() != "expandable_segments"
+            ]
+            env[key] = ",".join(kept)
+
+
 def _share_cuda(tensor) -> dict:
     """The CUDA IPC handle of a contiguous tensor's storage, as plain JSON."""
     (
@@ -153,6 +206,7 @@ def _share_cuda(tensor) -> dict:
 
 def main() -> int:
     cmd_fd, reply_fd = int(sys.argv[1]), int(sys.argv[2])
+    _allocator_env(os.environ)  # before torch reads it
     import torch  # noqa: F401 - paid while the scorer waits for its go
 
     import harness.candidate  # noqa: F401

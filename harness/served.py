@@ -41,6 +41,7 @@ class ModelServer:
         import subprocess
         import threading
 
+        self._shared = None  # the logits buffer in the model server (CUDA), after the probe
         cmd_r, cmd_w = os.pipe()
         reply_r, reply_w = os.pipe()
         from harness import boot
@@ -107,22 +108,29 @@ class ModelServer:
                 batch, seq, self.vocab
             )
         if kind == b"CUDA":
-            return _from_cuda_ipc(json.loads(body), (batch, seq, self.vocab), want)
+            if self._shared is None or want > self._shared.numel():
+                raise BadLogits("model server replied CUDA outside the probed buffer")
+            out = self._shared[:want].view(batch, seq, self.vocab).clone()
+            torch.cuda.synchronize(out.device)  # read before the model server writes again
+            return out
         raise BadLogits(f"model server replied {kind!r}")
 
-    def check_cuda_sharing(self, device) -> None:
-        """Before the candidate is loaded: a CUDA tensor of the model server must open here
-        (one small probe). A failure is the host's (HostFailure), never a reason to score
+    def check_cuda_sharing(self, device, numel: int) -> None:
+        """Before the candidate is loaded: the model server allocates the buffer of numel
+        floats that every batch's logits will arrive in, and it must open here (it holds
+        1, 2, 3, 4 first). A failure is the host's (HostFailure), never a reason to score
         in this process: the scorer never runs candidate code."""
         try:
-            kind, body = self._call(b"PRBE", str(device).encode())
+            ask = json.dumps({"device": str(device), "numel": numel}).encode()
+            kind, body = self._call(b"PRBE", ask)
             if kind != b"CUDA":
                 raise BadChannel(f"the model server replied {kind!r} to the probe")
-            probe = _from_cuda_ipc(json.loads(body), (1, 1, 4), 4)
-            if probe.flatten().tolist() != [1.0, 2.0, 3.0, 4.0]:
+            shared = _from_cuda_ipc(json.loads(body), numel)
+            if shared[:4].tolist() != [1.0, 2.0, 3.0, 4.0]:
                 raise BadChannel("the probe tensor arrived with other values")
         except Exception as exc:  # noqa: BLE001 - any failure, before any candidate code
             raise HostFailure(f"CUDA IPC probe failed: {type(exc).__name__}: {exc}") from None
+        self._shared = shared
 
     def close(self) -> None:
         try:
@@ -133,8 +141,9 @@ class ModelServer:
         self.proc.wait()
 
 
-def _from_cuda_ipc(meta: dict, shape: tuple[int, int, int], numel: int):
-    """A float32 tensor on the GPU from the model server's IPC handle, size-checked."""
+def _from_cuda_ipc(meta: dict, numel: int):
+    """The model server's float32 buffer on the GPU (numel long at least), from its IPC
+    handle: a view on the other process's memory, kept open for the whole eval."""
     import base64
 
     import torch
@@ -159,6 +168,4 @@ def _from_cuda_ipc(meta: dict, shape: tuple[int, int, int], numel: int):
         bool(meta["event_sync"]),
     )
     out = torch.empty(0, dtype=torch.float32, device=f"cuda:{int(meta['device'])}")
-    seq, vocab = shape[1], shape[2]
-    out.set_(storage, offset, shape, (seq * vocab, vocab, 1))
-    return out.clone()
+    return out.set_(storage, offset, (numel,), (1,))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import entry, served
+from harness import entry, model_server, served
 from harness import evaluate as ev
 from tests.conftest import TINY_TRAIN, run_candidate
 from tests.test_cage import BUDGET, runner  # noqa: F401
@@ -32,7 +32,7 @@ def test_the_scorer_initialises_cuda_before_it_opens_an_ipc_handle(monkeypatch):
     meta |= {k: base64.b64encode(b"h").decode() for k in ("handle", "ref_handle", "event_handle")}
     meta |= {"size": 64, "event_sync": False}
     with pytest.raises(RuntimeError, match="no device"):
-        served._from_cuda_ipc(json.loads(json.dumps(meta)), (1, 1, 4), 4)
+        served._from_cuda_ipc(json.loads(json.dumps(meta)), 4)
     assert calls == ["init", "open"]
 
 
@@ -53,11 +53,40 @@ def test_a_failed_cuda_ipc_probe_is_the_hosts_failure_before_any_candidate_code(
 
     server = Server()
     with pytest.raises(served.HostFailure, match="CUDA IPC probe failed"):
-        server.check_cuda_sharing("cuda:0")
+        server.check_cuda_sharing("cuda:0", 4)
     assert not server.loaded
     from harness import codes
 
     assert entry._classify(served.HostFailure("x")) == codes.INFRA
+
+
+def test_the_logits_travel_in_the_harness_buffer_allocated_before_the_candidate():
+    """The scorer reads every batch from the one buffer the probe made (before LOAD), not
+    from a tensor the candidate's allocator placed: an expandable segment, say."""
+    shared = model_server.SharedLogits(torch.device("cpu"), 2 * 3 * 5)
+    assert shared.buf[:4].tolist() == [1.0, 2.0, 3.0, 4.0]  # what the scorer's probe checks
+    logits = torch.randn(2, 3, 5, dtype=torch.bfloat16)
+    view = shared.put(logits)
+    assert view.untyped_storage().data_ptr() == shared.buf.untyped_storage().data_ptr()
+    assert view.dtype == torch.float32 and torch.equal(view, logits.float())
+    with pytest.raises(ValueError, match="do not fit"):
+        shared.put(torch.zeros(2, 3, 6))
+
+
+def test_the_model_server_allocates_without_expandable_segments():
+    """Expandable segments share memory through pidfd_getfd, which a container's seccomp
+    profile may refuse: off for the harness's buffer, every other setting kept."""
+    env = {
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True,max_split_size_mb:64",
+        "PYTORCH_ALLOC_CONF": "expandable_segments:True",
+        "OTHER": "expandable_segments:True",
+    }
+    model_server._allocator_env(env)
+    assert env == {
+        "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:64",
+        "PYTORCH_ALLOC_CONF": "",
+        "OTHER": "expandable_segments:True",
+    }
 
 
 def test_every_eval_call_has_one_shape_so_a_compiled_model_never_recompiles(prepared):  # noqa: F811
