@@ -2,7 +2,7 @@
 
 Everything here reads results.tsv rows (all values strings, see orchestrator.results) and
 the summary dict of orchestrator.view.summary, so the report shows the same numbers as
-`status` and the dashboard. matplotlib is imported inside the plotting function only:
+`status` and the dashboard. matplotlib is imported inside the plotting functions only:
 the CLI imports this module, and every other command must not pay for matplotlib.
 
 The chart follows the original karpathy/autoresearch progress chart: x is the experiment
@@ -21,6 +21,7 @@ from orchestrator.gitstore import GitError, GitStore
 from orchestrator.results import ROW_STATUSES
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 # Statuses whose val_bpb is 0 because the run never produced one.
@@ -125,13 +126,19 @@ def progress_figure(rows: list[dict[str, str]], title: str) -> Figure:
     Artists carry gids (kept, other, repeats, crash, above, frontier) for tests."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     s = progress_series(rows)
-    n = s["n"]
     fig = Figure(figsize=(16, 8), dpi=150, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    _plot_points(ax, s)
+    _label_keeps(ax, s["labels"])
+    _dress_axes(ax, s, title)
+    return fig
+
+
+def _plot_points(ax: Axes, s: dict[str, Any]) -> None:
+    """Every experiment as a marker by its fate, and the frontier as a step line."""
     edge = ax.get_xaxis_transform()  # x in data, y in axes fractions: the edges
     crash, above = s["crash"], s["above"]
     # (gid, x, y, style, label); a label starting with "_" stays out of the legend.
@@ -177,8 +184,12 @@ def progress_figure(rows: list[dict[str, str]], title: str) -> Figure:
             gid="frontier",
             label="frontier: best so far (mean of its runs)",
         )
-    many = len(s["labels"]) > 25
-    for i, (x, y, text) in enumerate(s["labels"]):
+
+
+def _label_keeps(ax: Axes, labels: list[tuple[float, float, str]]) -> None:
+    """Each kept change's description next to its marker."""
+    many = len(labels) > 25
+    for i, (x, y, text) in enumerate(labels):
         # Rotated, with alternating offsets, so neighbouring keeps' labels do not pile up.
         ax.annotate(
             text,
@@ -194,6 +205,13 @@ def progress_figure(rows: list[dict[str, str]], title: str) -> Figure:
             bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.6),
             parse_math=False,  # an LLM's "$x$" is text, not a formula matplotlib may reject
         )
+
+
+def _dress_axes(ax: Axes, s: dict[str, Any], title: str) -> None:
+    """Limits, ticks, labels, grid, title and legend (a note when nothing was measured)."""
+    from matplotlib.ticker import MaxNLocator
+
+    n = s["n"]
     ax.set_ylim(*s["ylim"])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not (s["kept"][0] or s["other"][0] or s["repeats"][0] or s["above"]):
@@ -206,7 +224,6 @@ def progress_figure(rows: list[dict[str, str]], title: str) -> Figure:
     ax.grid(True, alpha=0.25)
     ax.set_title(_chart_title(s, title), fontsize=12)
     ax.legend(loc="upper right", fontsize=9, framealpha=0.9)
-    return fig
 
 
 def _chart_title(s: dict[str, Any], title: str) -> str:
