@@ -35,6 +35,7 @@ import tarfile
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +144,7 @@ def stat_rows(name: str, rows: list[dict[str, float]], cols) -> list[str]:
     ]
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -151,80 +152,115 @@ def main() -> int:
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="a prepared cpu-profile data folder"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    client = docker.from_env()
-    client.ping()
-    image = empty_image(client)
-    bench_host = f"bench-{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory(prefix="autoresearch-containers-") as tmp_name:
-        tmp = Path(tmp_name)
-        data_dir = (args.data_dir or prepared_data(tmp)).resolve()
-        spec = contract.make_spec(
-            id="bench",
-            tag="bench",
-            parent="none",
-            commit="none",
-            source=TINY_TRAIN,
-            profile="cpu",
-            fingerprint=load_manifest(data_dir)["fingerprint"],
-            budget=BUDGET,
-            seed=0,
-            description="container overhead benchmark",
-        )
-        runners: list[Runner] = [
-            ProcessRunner(data_dir),
-            DockerRunner(
-                data_dir,
-                image=image,
-                python=sys.executable,
-                extra_mounts=host_mounts(),
-                host=bench_host,
-                client=client,
-            ),
-        ]
-        docker_runner = runners[1]
-        results: dict[str, list[dict[str, float]]] = {r.name: [] for r in runners}
-        bare: list[dict[str, float]] = []
-        try:
-            for i in range(args.repeats):
-                for runner in runners:
-                    row = run_once(runner, spec, tmp / f"{runner.name}-{i}")
-                    results[runner.name].append(row)
-                    print(
-                        f"{runner.name} #{i}: total {row['total_s']:.2f} s, "
-                        f"overhead {row['overhead_s']:.2f} s",
-                        file=sys.stderr,
-                    )
-            for _ in range(args.repeats):
-                bare.append(bare_container(client, image, docker_runner.labels()))
-        finally:
-            left = docker_runner.cleanup_orphans()
-            if left:
-                print(f"removed {len(left)} leftover containers", file=sys.stderr)
 
+def bench_spec(data_dir: Path) -> dict:
+    """The spec both runners run: the tiny candidate under BUDGET."""
+    return contract.make_spec(
+        id="bench",
+        tag="bench",
+        parent="none",
+        commit="none",
+        source=TINY_TRAIN,
+        profile="cpu",
+        fingerprint=load_manifest(data_dir)["fingerprint"],
+        budget=BUDGET,
+        seed=0,
+        description="container overhead benchmark",
+    )
+
+
+def make_runners(data_dir: Path, client: docker.DockerClient, image: str) -> list[Runner]:
+    """The process runner, then the docker runner on the empty image with the host mounted."""
+    return [
+        ProcessRunner(data_dir),
+        DockerRunner(
+            data_dir,
+            image=image,
+            python=sys.executable,
+            extra_mounts=host_mounts(),
+            host=f"bench-{uuid.uuid4().hex[:8]}",
+            client=client,
+        ),
+    ]
+
+
+def run_all(
+    runners: list[Runner],
+    spec: dict,
+    client: docker.DockerClient,
+    image: str,
+    tmp: Path,
+    repeats: int,
+) -> tuple[dict[str, list[dict[str, float]]], list[dict[str, float]]]:
+    """Each runner ``repeats`` times, interleaved, then as many bare containers.
+
+    Returns the rows per runner name and the bare containers' timings; whatever happens,
+    the docker runner's leftover containers are removed.
+    """
+    docker_runner = runners[1]
+    results: dict[str, list[dict[str, float]]] = {r.name: [] for r in runners}
+    bare: list[dict[str, float]] = []
+    try:
+        for i in range(repeats):
+            for runner in runners:
+                row = run_once(runner, spec, tmp / f"{runner.name}-{i}")
+                results[runner.name].append(row)
+                print(
+                    f"{runner.name} #{i}: total {row['total_s']:.2f} s, "
+                    f"overhead {row['overhead_s']:.2f} s",
+                    file=sys.stderr,
+                )
+        for _ in range(repeats):
+            bare.append(bare_container(client, image, docker_runner.labels()))
+    finally:
+        left = docker_runner.cleanup_orphans()
+        if left:
+            print(f"removed {len(left)} leftover containers", file=sys.stderr)
+    return results, bare
+
+
+def print_table(head: str, names: Sequence[str], groups: dict[str, list[dict[str, float]]]) -> None:
+    """A markdown table: the mean and min row of each group, one column per name."""
+    print(f"| {head} | stat | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 2) + "|")
+    for name, rows in groups.items():
+        for line in stat_rows(name, rows, names):
+            print(line)
+
+
+def report(
+    results: dict[str, list[dict[str, float]]], bare: list[dict[str, float]], repeats: int
+) -> None:
     print(
-        f"cpu profile, tiny candidate, {args.repeats} runs per runner (interleaved), "
+        f"cpu profile, tiny candidate, {repeats} runs per runner (interleaved), "
         f"budget {BUDGET}; seconds\n"
     )
-    print("| runner | stat | " + " | ".join(COLUMNS) + " |")
-    print("|---" * (len(COLUMNS) + 2) + "|")
-    for name, rows in results.items():
-        for line in stat_rows(name, rows, COLUMNS):
-            print(line)
+    print_table("runner", COLUMNS, results)
 
     steps = ("create", "start", "wait", "remove", "all")
     print(f"\nbare container (`{Path(sys.executable).name} -c pass`), {len(bare)} times; seconds\n")
-    print("| container | stat | " + " | ".join(steps) + " |")
-    print("|---" * (len(steps) + 2) + "|")
-    for line in stat_rows("bare", bare, steps):
-        print(line)
+    print_table("container", steps, {"bare": bare})
 
     mean = {n: statistics.mean(r["total-training"] for r in rows) for n, rows in results.items()}
     print(
         f"\ndocker adds {mean['docker'] - mean['process']:.2f} s per experiment over the "
         "process runner (target under 2 s)"
     )
+
+
+def main() -> int:
+    args = parse_args()
+    client = docker.from_env()
+    client.ping()
+    image = empty_image(client)
+    with tempfile.TemporaryDirectory(prefix="autoresearch-containers-") as tmp_name:
+        tmp = Path(tmp_name)
+        data_dir = (args.data_dir or prepared_data(tmp)).resolve()
+        runners = make_runners(data_dir, client, image)
+        results, bare = run_all(runners, bench_spec(data_dir), client, image, tmp, args.repeats)
+    report(results, bare, args.repeats)
     return 0
 
 

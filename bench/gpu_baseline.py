@@ -21,12 +21,12 @@ sys.path.insert(0, str(ROOT))
 
 from harness import manifest as mf  # noqa: E402
 from harness.prepare import prepare  # noqa: E402
-from harness.profiles import get_profile  # noqa: E402
+from harness.profiles import Profile, get_profile  # noqa: E402
 from worker import contract  # noqa: E402
 from worker.process_runner import ProcessRunner  # noqa: E402
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -44,8 +44,11 @@ def main() -> int:
     parser.add_argument(
         "--candidate", type=Path, default=ROOT / "workspace" / "train.py", help="the train.py"
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def bench_profile(args: argparse.Namespace) -> Profile:
+    """The named profile with this run's data sizes."""
     profile = dataclasses.replace(
         get_profile(args.profile),
         max_train_tokens=args.max_train_tokens,
@@ -53,6 +56,11 @@ def main() -> int:
     )
     if args.val_tokens:
         profile = dataclasses.replace(profile, val_tokens=args.val_tokens)
+    return profile
+
+
+def prepared_data(args: argparse.Namespace, profile: Profile) -> dict:
+    """The data folder's manifest, prepared now unless it already holds this profile."""
     t0 = time.time()
     try:  # the same profile prepared before (a second candidate on the same data): reuse it
         manifest = mf.load_manifest(args.data_dir)
@@ -66,50 +74,68 @@ def main() -> int:
             local_dir=args.local_dir,
             emit=lambda event, **kw: print(f"[{time.time() - t0:6.1f}s] {event} {kw}", flush=True),
         )
-    train_tokens = sum(s["tokens"] for s in manifest["train"])
     print(
-        f"prepared in {time.time() - t0:.1f}s: {train_tokens / 1e6:.1f}M train tokens, "
+        f"prepared in {time.time() - t0:.1f}s: {train_tokens(manifest) / 1e6:.1f}M train tokens, "
         f"{manifest['val']['tokens'] / 1e6:.2f}M val tokens",
         flush=True,
     )
+    return manifest
 
-    source = args.candidate.read_text()
+
+def train_tokens(manifest: dict) -> int:
+    return sum(s["tokens"] for s in manifest["train"])
+
+
+def baseline_spec(args: argparse.Namespace, profile: Profile, manifest: dict) -> dict:
+    """The candidate under the profile's budget (its train wall overridden if asked)."""
     budget = {
         k: getattr(profile, k)
         for k in ("train_wall_s", "save_margin_s", "return_grace_s", "eval_wall_s")
     }
     if args.train_wall:
         budget["train_wall_s"] = args.train_wall
-    spec = contract.make_spec(
+    return contract.make_spec(
         id="gpu-baseline",
         tag="bench",
         parent="",
         commit="",
-        source=source,
+        source=args.candidate.read_text(),
         profile=args.profile,
         fingerprint=manifest["fingerprint"],
         budget=budget,
         seed=0,
         description="baseline",
     )
+
+
+def run_spec(args: argparse.Namespace, spec: dict, out: Path) -> dict:
+    """Run the spec with the process runner; every line to output.log, a sample to stdout."""
+    with open(out / "output.log", "w") as log:
+
+        def emit(phase: str, line: str) -> None:
+            log.write(line + "\n")
+            log.flush()
+            if not line.startswith("@metrics") or '"step": 0' in line or "00," in line:
+                print(f"{phase}: {line}", flush=True)
+
+        return ProcessRunner(args.data_dir, gpu=None if args.gpu < 0 else args.gpu).run(
+            spec, out / "work", emit
+        )
+
+
+def main() -> int:
+    args = parse_args()
+    profile = bench_profile(args)
+    manifest = prepared_data(args, profile)
+    spec = baseline_spec(args, profile, manifest)
     out = args.out or Path("/tmp/autoresearch-gpu-run")
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "output.log", "w")  # noqa: SIM115
-
-    def emit(phase: str, line: str) -> None:
-        log.write(line + "\n")
-        log.flush()
-        if not line.startswith("@metrics") or '"step": 0' in line or "00," in line:
-            print(f"{phase}: {line}", flush=True)
-
-    fields = ProcessRunner(args.data_dir, gpu=None if args.gpu < 0 else args.gpu).run(
-        spec, out / "work", emit
-    )
-    result = contract.make_result(spec, **fields)
-    result["train_tokens_available"] = train_tokens
+    result = contract.make_result(spec, **run_spec(args, spec, out))
+    available = train_tokens(manifest)
+    result["train_tokens_available"] = available
     if result["tokens"] and result["training_s"]:
         result["tokens_per_s"] = result["tokens"] / result["training_s"]
-        result["epochs"] = result["tokens"] / train_tokens
+        result["epochs"] = result["tokens"] / available
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "log_tail"}, indent=2))
     return 0 if result["status"] == "ok" else 1

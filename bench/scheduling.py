@@ -65,6 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +181,86 @@ def wait_for_workers(redis, count: int) -> float:
     return time.monotonic() - started
 
 
+def scaled_budget(scale: float) -> dict:
+    """The real budget's limits, scaled: the train wall is REAL_BUDGET_S x scale."""
+    budget_s = REAL_BUDGET_S * scale
+    return {
+        "train_wall_s": budget_s,
+        "save_margin_s": 0.1 * budget_s,
+        "return_grace_s": 0.05 * budget_s,
+        "eval_wall_s": budget_s,
+    }
+
+
+def policy_for(loop: str, workers: int, latency: float, args: argparse.Namespace) -> Policy:
+    """Sequential, or parallel with enough proposals in flight for W workers at this latency."""
+    if loop == "sequential":
+        return Policy(sequential=True)
+    concurrency = args.llm_concurrency or max(
+        defaults.LLM_CONCURRENCY, math.ceil(2 * workers * latency / REAL_BUDGET_S) + workers
+    )
+    lookahead = None if args.lookahead == "auto" else args.lookahead
+    return Policy(llm_concurrency=concurrency, lookahead=lookahead)
+
+
+def run_loop(
+    *,
+    tag: str,
+    repo: Path,
+    runs: Path,
+    redis,
+    proposer: SimulatedLLM,
+    policy: Policy,
+    budget: dict,
+    rounds: int,
+    fingerprint: str,
+) -> tuple[Research, float]:
+    """Run the loop for the baseline's budget plus ``rounds`` more.
+
+    Returns it and the wall-clock moment it stopped dispatching (max_hours from its start).
+    """
+    hours = (1 + rounds) * budget["train_wall_s"] / 3600
+    research = Research(
+        tag=tag,
+        git=GitStore(repo),
+        redis=redis,
+        proposer=proposer,
+        profile=get_profile("cpu"),
+        fingerprint=fingerprint,
+        budget=budget,
+        runs_dir=runs,
+        policy=policy,
+        limits=Limits(max_hours=hours),
+    )
+    stop_at = time.time() - (time.monotonic() - research.started) + hours * 3600
+    research.run()
+    return research, stop_at
+
+
+def job_spans(research: Research, rows: list[dict], redis) -> list[Span]:
+    """The RQ job interval of every row that ran (rejected or unrun rows have none)."""
+    spans = []
+    for row in rows:
+        try:
+            job = Job.fetch(research.job_id(row["id"]), connection=redis, serializer=JSONSerializer)
+        except NoSuchJobError:
+            continue  # rejected or not run: no job
+        if job.started_at is None or job.ended_at is None:
+            continue
+        result = job.return_value() or {}
+        spans.append(
+            Span(
+                (job.meta or {}).get("kind", "?"),
+                job.worker_name or "?",
+                job.enqueued_at.timestamp(),
+                job.started_at.timestamp(),
+                job.ended_at.timestamp(),
+                float(result.get("training_s") or 0.0),
+            )
+        )
+    return spans
+
+
 def run_config(
     loop: str,
     workers: int,
@@ -188,25 +269,13 @@ def run_config(
     fingerprint: str,
     tmp: Path,
 ) -> dict:
-    budget_s = REAL_BUDGET_S * args.scale
-    budget = {
-        "train_wall_s": budget_s,
-        "save_margin_s": 0.1 * budget_s,
-        "return_grace_s": 0.05 * budget_s,
-        "eval_wall_s": budget_s,
-    }
+    """One configuration on a fresh Redis, repository and workers; its measures."""
+    budget = scaled_budget(args.scale)
     tag = f"{loop[:3]}-w{workers}-l{latency:g}"
     folder = tmp / tag
     repo = make_repo(folder / "repo")
     runs = folder / "runs"
-    if loop == "sequential":
-        policy = Policy(sequential=True)
-    else:
-        concurrency = args.llm_concurrency or max(
-            defaults.LLM_CONCURRENCY, math.ceil(2 * workers * latency / REAL_BUDGET_S) + workers
-        )
-        lookahead = None if args.lookahead == "auto" else args.lookahead
-        policy = Policy(llm_concurrency=concurrency, lookahead=lookahead)
+    policy = policy_for(loop, workers, latency, args)
     with PrivateRedis() as server:
         redis = connect(server.url)
         pool = LocalWorkers(
@@ -217,51 +286,24 @@ def run_config(
         ).start()
         try:
             start_s = wait_for_workers(redis, workers)
-            hours = (1 + args.rounds) * budget_s / 3600
-            research = Research(
+            research, stop_at = run_loop(
                 tag=tag,
-                git=GitStore(repo),
+                repo=repo,
+                runs=runs,
                 redis=redis,
                 proposer=SimulatedLLM(latency * args.scale),
-                profile=get_profile("cpu"),
-                fingerprint=fingerprint,
-                budget=budget,
-                runs_dir=runs,
                 policy=policy,
-                limits=Limits(max_hours=hours),
+                budget=budget,
+                rounds=args.rounds,
+                fingerprint=fingerprint,
             )
-            # The wall-clock moment the loop stops dispatching (max_hours from its start).
-            stop_at = time.time() - (time.monotonic() - research.started) + hours * 3600
-            research.run()
         finally:
             pool.stop()
-        spans, kinds = [], {}
         rows = research.results.rows()
-        for row in rows:
-            try:
-                job = Job.fetch(
-                    research.job_id(row["id"]), connection=redis, serializer=JSONSerializer
-                )
-            except NoSuchJobError:
-                continue  # rejected or not run: no job
-            if job.started_at is None or job.ended_at is None:
-                continue
-            result = job.return_value() or {}
-            kind = (job.meta or {}).get("kind", "?")
-            kinds[kind] = kinds.get(kind, 0) + 1
-            spans.append(
-                Span(
-                    kind,
-                    job.worker_name or "?",
-                    job.enqueued_at.timestamp(),
-                    job.started_at.timestamp(),
-                    job.ended_at.timestamp(),
-                    float(result.get("training_s") or 0.0),
-                )
-            )
+        spans = job_spans(research, rows, redis)
     return measure(loop, workers, latency, args.scale, spans, stop_at, policy) | {
         "start_s": start_s,
-        "kinds": kinds,
+        "kinds": dict(Counter(s.kind for s in spans)),
         "rows": len(rows),
         "stop_reason": research.stop_reason,
     }
@@ -330,7 +372,7 @@ def _list(text: str, cast) -> list:
     return [cast(x) for x in text.split(",") if x.strip()]
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -346,25 +388,16 @@ def main() -> int:
         "--lookahead", type=parse_lookahead, default="auto", help="N, or auto (the default)"
     )
     parser.add_argument("--data-dir", type=Path, default=default_data_root() / "cpu")
-    args = parser.parse_args()
-    try:
-        fingerprint = load_manifest(args.data_dir)["fingerprint"]
-    except FileNotFoundError:
-        print(
-            f"no prepared data in {args.data_dir}: run `make demo` or "
-            "`autoresearch prepare --profile cpu` first (or pass --data-dir)",
-            file=sys.stderr,
-        )
-        return 2
-    validate_candidate(SIM_TRAIN_PY)
-    logs.configure(stream=open("/dev/null", "w"), json_console=True)  # noqa: SIM115
-    loops = _list(args.loops, str)
-    began = time.monotonic()
+    return parser.parse_args()
+
+
+def run_all(args: argparse.Namespace, fingerprint: str) -> list[dict]:
+    """Every configuration (workers x latency x loop), each reported to stderr as it ends."""
     results = []
     with tempfile.TemporaryDirectory(prefix="autoresearch-bench-") as tmp:
         for workers in _list(args.workers, int):
             for latency in _list(args.latency, float):
-                for loop in loops:
+                for loop in _list(args.loops, str):
                     t0 = time.monotonic()
                     r = run_config(loop, workers, latency, args, fingerprint, Path(tmp))
                     results.append(r)
@@ -375,12 +408,10 @@ def main() -> int:
                         file=sys.stderr,
                         flush=True,
                     )
-    wall = time.monotonic() - began
-    print(
-        f"simulated budget {REAL_BUDGET_S * args.scale:g} s (scale {args.scale:g} of "
-        f"{REAL_BUDGET_S:g} s), {args.rounds} budgets of steady window after the baseline; "
-        f"look-ahead {args.lookahead}"
-    )
+    return results
+
+
+def print_table(results: list[dict]) -> None:
     cols = (
         "loop",
         "W",
@@ -411,6 +442,10 @@ def main() -> int:
             str(r["llm_concurrency"]) if r["loop"] == "parallel" else "-",
         )
         print("| " + " | ".join(cells) + " |")
+
+
+def print_summary(results: list[dict]) -> None:
+    """The mean in-job overhead and, where it was run, whether the target is met."""
     in_job = [r["in_job_ms"] for r in results if not math.isnan(r["in_job_ms"])]
     if in_job:
         print(
@@ -426,6 +461,31 @@ def main() -> int:
             f"target: busy >= {TARGET_BUSY} at W = {TARGET_AT[0]}, {TARGET_AT[1]:g} s LLM "
             f"latency: {r['busy']:.3f}, {met}"
         )
+
+
+def main() -> int:
+    args = parse_args()
+    try:
+        fingerprint = load_manifest(args.data_dir)["fingerprint"]
+    except FileNotFoundError:
+        print(
+            f"no prepared data in {args.data_dir}: run `make demo` or "
+            "`autoresearch prepare --profile cpu` first (or pass --data-dir)",
+            file=sys.stderr,
+        )
+        return 2
+    validate_candidate(SIM_TRAIN_PY)
+    logs.configure(stream=open("/dev/null", "w"), json_console=True)  # noqa: SIM115
+    began = time.monotonic()
+    results = run_all(args, fingerprint)
+    wall = time.monotonic() - began
+    print(
+        f"simulated budget {REAL_BUDGET_S * args.scale:g} s (scale {args.scale:g} of "
+        f"{REAL_BUDGET_S:g} s), {args.rounds} budgets of steady window after the baseline; "
+        f"look-ahead {args.lookahead}"
+    )
+    print_table(results)
+    print_summary(results)
     print(f"wall time: {wall:.0f} s")
     return 0
 

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from functools import partial
 from http.client import HTTPException
 from pathlib import Path
 
@@ -185,6 +186,118 @@ def _fetch(
     raise DownloadError(f"{url}: failed after {retries + 1} attempts: {last}")
 
 
+class _Checksums:
+    """``checksums.json`` of a download folder, shared by the download threads.
+
+    Every change is written through at once (atomically), so an interrupted call leaves
+    the records of the shards it completed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sums: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> str | None:
+        with self._lock:
+            return self._sums.get(name)
+
+    def record(self, name: str, digest: str | None) -> None:
+        """Pin ``name`` to ``digest``; None forgets it."""
+        with self._lock:
+            if digest is None:
+                self._sums.pop(name, None)
+            else:
+                self._sums[name] = digest
+            _write_json_atomic(self.path, self._sums)
+
+
+def _fetch_shard(
+    i: int,
+    *,
+    url_pattern: str,
+    dest: Path,
+    sums: _Checksums,
+    progress: _Progress,
+    retries: int,
+    backoff_s: float,
+    timeout_s: float,
+) -> dict:
+    """Shard ``i`` in place and checked against its recorded sha256; returns its record.
+
+    A file already there is kept when it matches its record (or adopted when it has none)
+    and fetched again when it does not.
+    """
+    url, name = url_pattern.format(i=i), shard_name(i)
+    final = dest / name
+    known = sums.get(name)
+    if final.exists():
+        digest = _sha256(final)
+        if known is None:
+            sums.record(name, digest)
+        elif digest != known:
+            final.unlink()
+    if final.exists():
+        progress.response(name, 0)
+    else:
+        _fetch(url, final, retries, backoff_s, timeout_s, progress)
+        digest = _sha256(final)
+        if known is not None and digest != known:
+            final.unlink()
+            raise DownloadError(
+                f"{url}: sha256 {digest} differs from {known} recorded in {CHECKSUMS};"
+                " if the source really changed, delete that entry"
+            )
+        sums.record(name, digest)
+    size = final.stat().st_size
+    return {"index": i, "url": url, "file": name, "bytes": size, "sha256": digest}
+
+
+def _fetch_all(
+    wanted: Sequence[int],
+    fetch_one: Callable[[int], dict],
+    workers: int,
+    progress: _Progress,
+    on_done: Callable[[dict], None] | None,
+) -> dict[int, dict]:
+    """Run ``fetch_one`` over ``wanted`` on a thread pool; records by index.
+
+    ``on_done`` runs here, in the calling thread, as each shard completes. The first
+    failure cancels what has not started and is raised once the running ones end.
+    """
+    done: dict[int, dict] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(fetch_one, i) for i in wanted]
+        try:
+            for future in as_completed(futures):
+                rec = future.result()
+                done[rec["index"]] = rec
+                progress.finished()
+                if on_done is not None:
+                    on_done(rec)
+        except BaseException:
+            for future in futures:  # fail fast: start nothing new, let running ones end
+                future.cancel()
+            raise
+    return done
+
+
+def _check_parquet(records: Sequence[dict], dest: Path, sums: _Checksums) -> None:
+    """Raise DownloadError naming every shard that is not readable parquet, removing each."""
+    bad = []
+    for rec in records:
+        path = dest / rec["file"]
+        try:
+            with pq.ParquetFile(path):
+                pass
+        except (pa.ArrowException, OSError, ValueError) as e:
+            bad.append(f"{rec['url']} ({e})")
+            path.unlink(missing_ok=True)
+            sums.record(rec["file"], None)
+    if bad:
+        raise DownloadError("not readable parquet (removed, a rerun refetches): " + "; ".join(bad))
+
+
 def download_shards(
     url_pattern: str,
     indices: Sequence[int],
@@ -207,74 +320,23 @@ def download_shards(
     the recorded sha256, or a file that is not readable parquet (removed for a refetch).
     """
     dest.mkdir(parents=True, exist_ok=True)
-    sums_path = dest / CHECKSUMS
-    sums: dict[str, str] = json.loads(sums_path.read_text()) if sums_path.exists() else {}
-    lock = threading.Lock()
-
-    def record(name: str, digest: str | None) -> None:
-        with lock:
-            if digest is None:
-                sums.pop(name, None)
-            else:
-                sums[name] = digest
-            _write_json_atomic(sums_path, sums)
-
-    def one(i: int) -> dict:
-        url, name = url_pattern.format(i=i), shard_name(i)
-        final = dest / name
-        with lock:
-            known = sums.get(name)
-        if final.exists():
-            digest = _sha256(final)
-            if known is None:
-                record(name, digest)
-            elif digest != known:
-                final.unlink()
-        if final.exists():
-            progress.response(name, 0)
-        else:
-            _fetch(url, final, retries, backoff_s, timeout_s, progress)
-            digest = _sha256(final)
-            if known is not None and digest != known:
-                final.unlink()
-                raise DownloadError(
-                    f"{url}: sha256 {digest} differs from {known} recorded in {CHECKSUMS};"
-                    " if the source really changed, delete that entry"
-                )
-            record(name, digest)
-        size = final.stat().st_size
-        return {"index": i, "url": url, "file": name, "bytes": size, "sha256": digest}
-
+    sums = _Checksums(dest / CHECKSUMS)
     wanted = sorted(set(indices))
-    done: dict[int, dict] = {}
     progress = _Progress([shard_name(i) for i in wanted])
-    with progress.bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(one, i) for i in wanted]
-        try:
-            for future in as_completed(futures):
-                rec = future.result()
-                done[rec["index"]] = rec
-                progress.finished()
-                if on_done is not None:
-                    on_done(rec)
-        except BaseException:
-            for future in futures:  # fail fast: start nothing new, let running ones end
-                future.cancel()
-            raise
+    fetch_one = partial(
+        _fetch_shard,
+        url_pattern=url_pattern,
+        dest=dest,
+        sums=sums,
+        progress=progress,
+        retries=retries,
+        backoff_s=backoff_s,
+        timeout_s=timeout_s,
+    )
+    with progress.bar:
+        done = _fetch_all(wanted, fetch_one, workers, progress, on_done)
     results = [done[i] for i in wanted]
-
-    bad = []
-    for rec in results:
-        path = dest / rec["file"]
-        try:
-            with pq.ParquetFile(path):
-                pass
-        except (pa.ArrowException, OSError, ValueError) as e:
-            bad.append(f"{rec['url']} ({e})")
-            path.unlink(missing_ok=True)
-            record(rec["file"], None)
-    if bad:
-        raise DownloadError("not readable parquet (removed, a rerun refetches): " + "; ".join(bad))
+    _check_parquet(results, dest, sums)
     return results
 
 

@@ -13,6 +13,8 @@ import itertools
 import shutil
 import sysconfig
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +137,197 @@ def _tokenizing_bar(split: str, crop: int | None) -> bars.Bar:
     return bars.bar(f"tokenizing {split}", "tok", total=crop, unit_scale=True)
 
 
+@dataclass(frozen=True)
+class _Documents:
+    """The documents of one source, read as the steps need them.
+
+    ``train_groups`` holds one reader per source file, so the train bar can name the file it
+    is in; ``in_memory`` says the documents are already read (then the tokenizer's own bar
+    can be given a total).
+    """
+
+    train_groups: list[Callable[[], Iterable[str]]]
+    val: Callable[[], Iterable[str]]
+    info: dict
+    in_memory: bool
+
+    def train(self) -> Iterator[str]:
+        return itertools.chain.from_iterable(group() for group in self.train_groups)
+
+
+def _reset_outputs(data_dir: Path) -> None:
+    """Empty the tokenizer, train and val folders and drop the manifest of a previous run."""
+    for sub in (mf.TOKENIZER_DIR, mf.TRAIN_DIR, mf.VAL_DIR):
+        shutil.rmtree(data_dir / sub, ignore_errors=True)
+        (data_dir / sub).mkdir(parents=True)
+    (data_dir / mf.MANIFEST).unlink(missing_ok=True)
+
+
+def _split_local(folder: Path, profile: Profile) -> tuple[list[str], list[str]]:
+    """(train, val) documents of a local folder, read only as far as the profile keeps."""
+    train_docs: list[str] = []
+    val_docs: list[str] = []
+    # Stop reading once both splits surely hold more tokens than will be kept.
+    cap = CHARS_PER_TOKEN_MAX * profile.max_train_tokens if profile.max_train_tokens else None
+    val_cap = CHARS_PER_TOKEN_MAX * profile.val_tokens
+    train_chars = val_chars = 0
+    for rel, doc in local_documents(folder):
+        if _is_val(rel):
+            val_docs.append(doc)
+            val_chars += len(doc)
+        elif cap is None or train_chars <= cap:
+            train_docs.append(doc)
+            train_chars += len(doc)
+        if cap is not None and train_chars > cap and val_chars > val_cap:
+            break
+    if not train_docs or not val_docs:
+        raise ValueError(f"{folder} holds too few text files to split train and validation")
+    return train_docs, val_docs
+
+
+def _local_documents_source(local_dir: Path | None, profile: Profile, emit: Emit) -> _Documents:
+    """The ``local`` source: a folder of text files (the standard library's by default)."""
+    folder = Path(local_dir) if local_dir else default_local_dir()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"local source folder {folder} does not exist")
+    emit("prepare.read", source="local", folder=str(folder))
+    train_docs, val_docs = _split_local(folder, profile)
+    return _Documents(
+        train_groups=[lambda: train_docs],
+        val=lambda: val_docs,
+        info={
+            "kind": "local",
+            "folder": folder.name,
+            "documents": len(train_docs) + len(val_docs),
+        },
+        in_memory=True,
+    )
+
+
+def _http_documents_source(
+    data_dir: Path,
+    url_pattern: str | None,
+    train_shards: int,
+    val_shard: int | None,
+    text_column: str,
+    workers: int,
+    emit: Emit,
+) -> _Documents:
+    """The ``http`` source: parquet shards downloaded into ``data_dir/raw``, read lazily."""
+    from harness import download as dl
+
+    pattern = url_pattern or dl.DEFAULT_URL_PATTERN
+    vshard = dl.DEFAULT_VAL_SHARD if val_shard is None else val_shard
+    indices = [i for i in range(train_shards + 1) if i != vshard][:train_shards]
+    raw = data_dir / "raw"
+    raw.mkdir(exist_ok=True)
+    emit("prepare.download", shards=len(indices) + 1, pattern=pattern)
+    records = dl.download_shards(
+        pattern,
+        [*indices, vshard],
+        raw,
+        workers=workers,
+        on_done=lambda rec: emit("prepare.downloaded", file=rec["file"], bytes=rec["bytes"]),
+    )
+    paths = [raw / r["file"] for r in records]
+    train_paths, val_path = paths[:-1], paths[-1]
+    return _Documents(
+        train_groups=[partial(dl.iter_parquet_texts, [p], text_column) for p in train_paths],
+        val=partial(dl.iter_parquet_texts, [val_path], text_column),
+        info={"kind": "http", "url_pattern": pattern, "shards": records},
+        in_memory=False,
+    )
+
+
+def _train_tokenizer(
+    data_dir: Path, profile: Profile, docs: _Documents, emit: Emit
+) -> tuple[tk.Tokenizer, dict]:
+    """Train the tokenizer on the first train characters, save it, return it and its record."""
+    emit("prepare.tokenizer", vocab_size=profile.vocab_size, chars=profile.tokenizer_chars)
+    tok_texts: Iterable[str] = _take_chars(docs.train(), profile.tokenizer_chars)
+    if docs.in_memory:  # already in memory: a list gives the library's bar a total
+        tok_texts = list(tok_texts)
+    tok = tk.train_tokenizer(tok_texts, profile.vocab_size, show_progress=bars.both_on_terminal())
+    tok_path = data_dir / mf.TOKENIZER_DIR / "tokenizer.json"
+    tok.save(str(tok_path))
+    lengths_path = data_dir / mf.TOKENIZER_DIR / "token_bytes.npy"
+    np.save(lengths_path, tk.token_byte_lengths(tok))
+    record = {
+        **_shard_record(tok_path, data_dir, 0),
+        "token_bytes": lengths_path.relative_to(data_dir).as_posix(),
+        "token_bytes_sha256": mf.sha256_file(lengths_path),
+        "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+        "bos_id": tok.token_to_id(tk.BOS),
+    }
+    return tok, record
+
+
+def _write_val(data_dir: Path, tok: tk.Tokenizer, docs: _Documents, limit: int, emit: Emit) -> dict:
+    """Tokenize the validation split into one file cropped at ``limit``; return its record."""
+    emit("prepare.tokenize", split="val")
+    path = data_dir / mf.VAL_DIR / "val.bin"
+    with _tokenizing_bar("val", limit) as bar:
+        n = _write_tokens(path, tk.encode_documents(tok, docs.val()), limit, bar)
+    return _shard_record(path, data_dir, n)
+
+
+def _write_train_shards(
+    data_dir: Path, tok: tk.Tokenizer, docs: _Documents, budget: int | None, emit: Emit
+) -> list[dict]:
+    """Tokenize the train split into shards of TRAIN_SHARD_TOKENS, ``budget`` tokens in all.
+
+    Each source file starts a new shard, and a shard ends where its file does.
+    """
+    shards: list[dict] = []
+    groups = docs.train_groups
+    with _tokenizing_bar("train", budget) as bar:
+        for g, group in enumerate(groups):
+            if len(groups) > 1:  # with no crop (no total), the file is the progress
+                bar.set_postfix_str(f"file {g + 1}/{len(groups)}")
+            arrays = tk.encode_documents(tok, group())
+            while budget is None or budget > 0:
+                path = data_dir / mf.TRAIN_DIR / f"train_{len(shards):05d}.bin"
+                cap = TRAIN_SHARD_TOKENS if budget is None else min(budget, TRAIN_SHARD_TOKENS)
+                n = _write_tokens(path, arrays, cap, bar)
+                budget = None if budget is None else budget - n
+                if n == 0:
+                    path.unlink()
+                    break
+                shards.append(_shard_record(path, data_dir, n))
+                emit("prepare.shard", file=shards[-1]["file"], tokens=n)
+                if n < cap:
+                    break
+    return shards
+
+
+def _write_manifest(
+    data_dir: Path,
+    profile: Profile,
+    docs: _Documents,
+    tokenizer: dict,
+    train: list[dict],
+    val: dict,
+    emit: Emit,
+) -> dict:
+    """Write the manifest, read it back with its fingerprint, report the totals."""
+    manifest = {
+        "profile": profile.to_dict(),
+        "source": docs.info,
+        "tokenizer": tokenizer,
+        "train": train,
+        "val": val,
+    }
+    mf.write_manifest(data_dir, manifest)
+    manifest = mf.load_manifest(data_dir)
+    emit(
+        "prepare.done",
+        fingerprint=manifest["fingerprint"],
+        train_tokens=sum(s["tokens"] for s in train),
+        val_tokens=val["tokens"],
+    )
+    return manifest
+
+
 def prepare(
     data_dir: Path,
     profile: Profile,
@@ -158,122 +351,16 @@ def prepare(
     data_dir = Path(data_dir)
     if source == "local" and local_dir is not None and not Path(local_dir).is_dir():
         raise FileNotFoundError(f"local source folder {local_dir} does not exist")
-    for sub in (mf.TOKENIZER_DIR, mf.TRAIN_DIR, mf.VAL_DIR):
-        shutil.rmtree(data_dir / sub, ignore_errors=True)
-        (data_dir / sub).mkdir(parents=True)
-    (data_dir / mf.MANIFEST).unlink(missing_ok=True)
-
+    _reset_outputs(data_dir)
     if source == "local":
-        folder = Path(local_dir) if local_dir else default_local_dir()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"local source folder {folder} does not exist")
-        emit("prepare.read", source="local", folder=str(folder))
-        train_docs: list[str] = []
-        val_docs: list[str] = []
-        # Stop reading once both splits surely hold more tokens than will be kept.
-        cap = CHARS_PER_TOKEN_MAX * profile.max_train_tokens if profile.max_train_tokens else None
-        val_cap = CHARS_PER_TOKEN_MAX * profile.val_tokens
-        train_chars = val_chars = 0
-        for rel, doc in local_documents(folder):
-            if _is_val(rel):
-                val_docs.append(doc)
-                val_chars += len(doc)
-            elif cap is None or train_chars <= cap:
-                train_docs.append(doc)
-                train_chars += len(doc)
-            if cap is not None and train_chars > cap and val_chars > val_cap:
-                break
-        if not train_docs or not val_docs:
-            raise ValueError(f"{folder} holds too few text files to split train and validation")
-        train_iter: Callable[[], Iterable[str]] = lambda: train_docs  # noqa: E731
-        val_iter: Callable[[], Iterable[str]] = lambda: val_docs  # noqa: E731
-        source_info = {
-            "kind": "local",
-            "folder": folder.name,
-            "documents": len(train_docs) + len(val_docs),
-        }
-        train_groups: list[Callable[[], Iterable[str]]] = [train_iter]
+        docs = _local_documents_source(local_dir, profile, emit)
     elif source == "http":
-        from harness import download as dl
-
-        pattern = url_pattern or dl.DEFAULT_URL_PATTERN
-        vshard = dl.DEFAULT_VAL_SHARD if val_shard is None else val_shard
-        indices = [i for i in range(train_shards + 1) if i != vshard][:train_shards]
-        raw = data_dir / "raw"
-        raw.mkdir(exist_ok=True)
-        emit("prepare.download", shards=len(indices) + 1, pattern=pattern)
-        records = dl.download_shards(
-            pattern,
-            [*indices, vshard],
-            raw,
-            workers=workers,
-            on_done=lambda rec: emit("prepare.downloaded", file=rec["file"], bytes=rec["bytes"]),
+        docs = _http_documents_source(
+            data_dir, url_pattern, train_shards, val_shard, text_column, workers, emit
         )
-        paths = [raw / r["file"] for r in records]
-        train_paths, val_path = paths[:-1], paths[-1]
-        train_groups = [(lambda p=p: dl.iter_parquet_texts([p], text_column)) for p in train_paths]
-        train_iter = lambda: itertools.chain.from_iterable(g() for g in train_groups)  # noqa: E731
-        val_iter = lambda: dl.iter_parquet_texts([val_path], text_column)  # noqa: E731
-        source_info = {"kind": "http", "url_pattern": pattern, "shards": records}
     else:
         raise ValueError(f"unknown source {source!r}; choose local or http")
-
-    emit("prepare.tokenizer", vocab_size=profile.vocab_size, chars=profile.tokenizer_chars)
-    tok_texts: Iterable[str] = _take_chars(train_iter(), profile.tokenizer_chars)
-    if source == "local":  # already in memory: a list gives the library's bar a total
-        tok_texts = list(tok_texts)
-    tok = tk.train_tokenizer(tok_texts, profile.vocab_size, show_progress=bars.both_on_terminal())
-    tok_path = data_dir / mf.TOKENIZER_DIR / "tokenizer.json"
-    tok.save(str(tok_path))
-    lengths_path = data_dir / mf.TOKENIZER_DIR / "token_bytes.npy"
-    np.save(lengths_path, tk.token_byte_lengths(tok))
-
-    emit("prepare.tokenize", split="val")
-    val_path_out = data_dir / mf.VAL_DIR / "val.bin"
-    with _tokenizing_bar("val", profile.val_tokens) as bar:
-        n_val = _write_tokens(
-            val_path_out, tk.encode_documents(tok, val_iter()), profile.val_tokens, bar
-        )
-
-    shards: list[dict] = []
-    budget = profile.max_train_tokens
-    with _tokenizing_bar("train", budget) as bar:
-        for g, group in enumerate(train_groups):
-            if len(train_groups) > 1:  # with no crop (no total), the file is the progress
-                bar.set_postfix_str(f"file {g + 1}/{len(train_groups)}")
-            arrays = tk.encode_documents(tok, group())
-            while budget is None or budget > 0:
-                path = data_dir / mf.TRAIN_DIR / f"train_{len(shards):05d}.bin"
-                cap = TRAIN_SHARD_TOKENS if budget is None else min(budget, TRAIN_SHARD_TOKENS)
-                n = _write_tokens(path, arrays, cap, bar)
-                budget = None if budget is None else budget - n
-                if n == 0:
-                    path.unlink()
-                    break
-                shards.append(_shard_record(path, data_dir, n))
-                emit("prepare.shard", file=shards[-1]["file"], tokens=n)
-                if n < cap:
-                    break
-
-    manifest = {
-        "profile": profile.to_dict(),
-        "source": source_info,
-        "tokenizer": {
-            **_shard_record(tok_path, data_dir, 0),
-            "token_bytes": lengths_path.relative_to(data_dir).as_posix(),
-            "token_bytes_sha256": mf.sha256_file(lengths_path),
-            "vocab_size": tok.get_vocab_size(with_added_tokens=True),
-            "bos_id": tok.token_to_id(tk.BOS),
-        },
-        "train": shards,
-        "val": _shard_record(val_path_out, data_dir, n_val),
-    }
-    mf.write_manifest(data_dir, manifest)
-    manifest = mf.load_manifest(data_dir)
-    emit(
-        "prepare.done",
-        fingerprint=manifest["fingerprint"],
-        train_tokens=sum(s["tokens"] for s in shards),
-        val_tokens=n_val,
-    )
-    return manifest
+    tok, tokenizer = _train_tokenizer(data_dir, profile, docs, emit)
+    val = _write_val(data_dir, tok, docs, profile.val_tokens, emit)
+    train = _write_train_shards(data_dir, tok, docs, profile.max_train_tokens, emit)
+    return _write_manifest(data_dir, profile, docs, tokenizer, train, val, emit)
