@@ -57,7 +57,7 @@ class Events:
 
 def test_a_worker_says_at_start_which_cage_its_candidates_run_in(monkeypatch):
     from harness import cage
-    from orchestrator.cli import _announce_cage
+    from orchestrator.cli.helpers import announce_cage as _announce_cage
 
     log = Events()
     monkeypatch.setattr(cage, "probe", lambda: (True, "Landlock ABI 7, seccomp"))

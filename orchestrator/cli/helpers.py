@@ -1,0 +1,148 @@
+"""What the commands share: the option groups several of them take, their settings, profile,
+data fingerprint and runs folder, the run a reader command looks at, and the cage line.
+
+A command that fails raises (CommandError, SettingsError, ...); `main` alone turns that into
+the one-line message and the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from orchestrator import defaults
+from orchestrator import settings as st
+
+
+class CommandError(Exception):
+    """A command's failure: `main` prints the message on one line and exits with the code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def gpu_arg(value: str) -> int | str | None:
+    try:
+        return st.parse_gpu(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a GPU index (0 or more) or auto") from None
+
+
+def lookahead_arg(value: str) -> int | str:
+    try:
+        return st.parse_lookahead(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be 0 or more, or auto") from None
+
+
+def add_runner(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runner",
+        choices=st.RUNNERS,
+        help="process (default): subprocesses; docker: one locked-down container per phase; "
+        "simulate: hold the worker for the budget, no training (benchmarks, dry runs)",
+    )
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile",
+        choices=["auto", "cpu", "gpu"],
+        help="data/time profile (default: auto: gpu if CUDA)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="prepared data folder (default: ~/.cache/autoresearch/data/<profile>)",
+    )
+    p.add_argument("--runs-dir", type=Path, help="per-run artifacts (default: workspace/runs)")
+
+
+def add_reader(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that look at a run: from Redis (any host), or its folder."""
+    p.add_argument("--tag", help="run name (default: the most recently updated run)")
+    p.add_argument("--runs-dir", type=Path, help="runs folder (default: workspace/runs)")
+    p.add_argument(
+        "--redis-url",
+        help="Redis of the run (default: REDIS_URL, else the embedded one of a live local run)",
+    )
+
+
+def load_settings(args: argparse.Namespace) -> st.Settings:
+    """The settings, with the command line's options over their environment variables."""
+    overrides = {k: v for k, v in vars(args).items() if k in st.FIELD_NAMES}
+    return st.load(overrides=overrides)
+
+
+def resolve_profile(s: st.Settings, log: Any) -> tuple[Any, Path]:
+    """(profile, data folder) of the settings; logged with why that profile."""
+    from harness.profiles import get_profile
+
+    name, why = s.resolved_profile()
+    data_dir = s.resolved_data_dir(name)
+    log.info(
+        "default.profile" if why != "set" else "setting.profile",
+        profile=name,
+        why=why,
+        data_dir=str(data_dir),
+    )
+    return get_profile(name), data_dir
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    """The prepared data's fingerprint, from its manifest (DataNotPrepared when none)."""
+    from harness import manifest as mf
+
+    return mf.load_manifest(data_dir)["fingerprint"]
+
+
+def runs_folder(s: st.Settings, repo: Path) -> Path:
+    """The runs folder of a run in `repo`: --runs-dir, relative to the repo unless absolute."""
+    return s.runs_dir if s.runs_dir.is_absolute() else repo / s.runs_dir
+
+
+def reader(args: argparse.Namespace) -> tuple[Any, Path, str]:
+    """(redis or None, runs folder, tag) for a command that looks at a run.
+
+    Redis: --redis-url or REDIS_URL (an error when unreachable); else the embedded Redis
+    of a local run while it lives (its URL is in the run folder); else the folder alone.
+    """
+    from orchestrator import view
+    from orchestrator.redis_server import RedisUnavailable, connect
+
+    s = load_settings(args)  # --tag, --runs-dir, --redis-url over their environment variables
+    runs_dir = s.runs_dir
+    redis = connect(s.redis_url) if s.redis_url else None
+    tag = s.tag or view.latest_tag(redis, runs_dir)
+    if tag is None:
+        raise st.SettingsError(f"tag: no run found (in Redis or under {runs_dir}); pass --tag")
+    if redis is None:
+        local = runs_dir / tag / defaults.REDIS_URL_FILE
+        if local.is_file():
+            try:
+                redis = connect(local.read_text().strip(), timeout_s=1.0)
+            except RedisUnavailable:
+                redis = None  # the run has ended: its folder has everything
+    return redis, runs_dir, tag
+
+
+def announce_cage(log: Any, runner: str) -> None:
+    """One line saying which cage the candidates will run in; a warning where weak."""
+    if runner != "process":
+        log.info("cage", cage=runner)
+        return
+    from harness import cage
+
+    held, note = cage.probe()
+    if held:
+        log.info("cage", cage="process", holds=note)
+    else:
+        log.warning(
+            "cage.weak",
+            cage="process-weak",
+            why=note,
+            means="candidates are not confined: they can read the validation data, write "
+            "outside their scratch and reach the network (README: the cage)",
+        )
