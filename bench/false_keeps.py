@@ -13,10 +13,10 @@ the current frontier's true score by an effect drawn from N(EFFECT_MEAN, EFFECT_
 most changes do not help (Phi(-EFFECT_MEAN / EFFECT_SD) of them do, about 16%); each run
 measures the true score plus N(0, SIGMA). Pure Python, no Redis, no workers.
 
-The rule is the real one: the decisions call orchestrator.noise (pooled_sigma on
-results.tsv-like rows, margin, commit_value) with the knobs of orchestrator.loop.Policy,
-in the order the loop applies them (orchestrator/loop.py: _decide_candidate,
-_decide_confirmed, _keep, launch_frontier_runs):
+The rule is the real one: the decisions are the loop's (orchestrator/research/decide.py:
+candidate, confirmed) on results.tsv-like rows, with the knobs of
+orchestrator.research.Policy, and the frontier is re-measured as the loop does
+(research/judge.py _keep, research/loop.py launch_frontier_runs):
 
   (a) plain:       Policy(noise_runs=1, z=0, min_delta=0, confirm=False): keep if measured
                    < the frontier's measured value;
@@ -54,7 +54,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator import defaults, noise  # noqa: E402
-from orchestrator.loop import Policy  # noqa: E402
+from orchestrator.research import Policy, decide  # noqa: E402
+from orchestrator.research.decide import Then  # noqa: E402
+from worker.vocab import RowStatus  # noqa: E402
 
 BASELINE_TRUE = 1.0  # val_bpb of the unmodified train.py
 EFFECT_MEAN = 0.002  # a candidate's true change of val_bpb: most make it worse...
@@ -130,20 +132,27 @@ class Run:
         true = self.true + effect
         commit = self.new_commit()
         first = self.measure(true)
-        kept = False
-        if self.best - first > self.margin:  # _decide_candidate
-            if not self.policy.confirm:
-                self.add("keep", commit, first)
-                kept = True
-            else:  # _decide_confirmed
-                second = self.measure(true)
-                if self.best - (first + second) / 2 > self.margin:
-                    self.add("keep", commit, first)
-                    self.add("confirm", commit, second)
-                    kept = True
-                else:
-                    self.add("discard", commit, first)
-                    self.add("confirm", commit, second)
+        # The loop's rules (research/decide.py). No rows for the suspicious-gain check:
+        # synthetic runs have no token counts, and the table compares the policies' knobs.
+        ok = {"status": "ok", "val_bpb": first}
+        at = {"parent": self.frontier, "frontier": self.frontier, "best": self.best}
+        verdict = decide.candidate(ok, [], **at, margin=self.margin, confirm=self.policy.confirm)
+        kept = verdict.status == RowStatus.KEEP
+        if kept:
+            self.add("keep", commit, first)
+        elif verdict.then == Then.CONFIRM:
+            second = self.measure(true)
+            verdict, _ = decide.confirmed(
+                ok,
+                {"status": "ok", "val_bpb": second},
+                **at,
+                margin=self.margin,
+                flag="",
+                confirm_id="",
+            )
+            kept = verdict.status == RowStatus.KEEP
+            self.add("keep" if kept else "discard", commit, first)
+            self.add("confirm", commit, second)
         if kept:  # _keep
             out.keeps += 1
             out.false_keeps += effect >= 0

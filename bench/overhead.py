@@ -31,9 +31,9 @@ from harness.profiles import Profile, get_profile  # noqa: E402
 from orchestrator import logs  # noqa: E402
 from orchestrator.gitstore import GitStore  # noqa: E402
 from orchestrator.local_workers import LocalWorkers  # noqa: E402
-from orchestrator.loop import Limits, Policy, Research, budget_for  # noqa: E402
 from orchestrator.proposers.mutate import MutateProposer  # noqa: E402
 from orchestrator.redis_server import PrivateRedis, connect  # noqa: E402
+from orchestrator.research import Limits, Policy, Research, budget_for  # noqa: E402
 from worker.settings import WorkerSettings, default_data_root  # noqa: E402
 
 COLUMNS = (

@@ -82,10 +82,10 @@ from harness.profiles import get_profile  # noqa: E402
 from orchestrator import defaults, logs  # noqa: E402
 from orchestrator.gitstore import GitStore  # noqa: E402
 from orchestrator.local_workers import LocalWorkers  # noqa: E402
-from orchestrator.loop import Limits, Policy, Research  # noqa: E402
 from orchestrator.proposers.base import Proposal, ProposalRequest  # noqa: E402
 from orchestrator.proposers.mutate import MutateProposer  # noqa: E402
 from orchestrator.redis_server import PrivateRedis, connect  # noqa: E402
+from orchestrator.research import Limits, Policy, Research  # noqa: E402
 from orchestrator.settings import parse_lookahead  # noqa: E402
 from orchestrator.validate import validate_candidate  # noqa: E402
 from worker.settings import WorkerSettings, default_data_root  # noqa: E402
@@ -242,7 +242,9 @@ def job_spans(research: Research, rows: list[dict], redis) -> list[Span]:
     spans = []
     for row in rows:
         try:
-            job = Job.fetch(research.job_id(row["id"]), connection=redis, serializer=JSONSerializer)
+            job = Job.fetch(
+                research.jobs.job_id(row["id"]), connection=redis, serializer=JSONSerializer
+            )
         except NoSuchJobError:
             continue  # rejected or not run: no job
         if job.started_at is None or job.ended_at is None:

@@ -6,10 +6,16 @@ status, description) so existing notebooks read it; more columns follow.
 
 from __future__ import annotations
 
+import math
 import os
+from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from orchestrator import noise
+from worker.vocab import RAN, RowStatus
 
 COLUMNS = (
     "commit",
@@ -36,21 +42,7 @@ COLUMNS = (
     "cage",  # docker, process, or process-weak: what held the candidate (README's table)
 )
 # Status of a row: the decision for a scored candidate, else what stopped it.
-ROW_STATUSES = (
-    "keep",
-    "discard",
-    "crash",
-    "oom",
-    "nan",
-    "timeout",
-    "overtime",
-    "rejected",
-    "infra_error",
-    "noise",  # a run of the frontier with another seed, for the noise floor
-    "confirm",  # the re-run of a would-be keep (its candidate's row says keep or discard)
-    "reapplied",  # won on an older frontier; its change was queued again on the new one
-    "stale",  # won on an older frontier; its change conflicts with the new one
-)
+ROW_STATUSES = tuple(RowStatus)
 
 
 def _clean(value: Any) -> str:
@@ -113,7 +105,7 @@ class ResultsFile:
 
 def best_kept(rows: list[dict[str, str]]) -> dict[str, str] | None:
     """The last keep row: with keeps only on improvement, it is the best so far."""
-    kept = [r for r in rows if r["status"] == "keep"]
+    kept = [r for r in rows if r["status"] == RowStatus.KEEP]
     return kept[-1] if kept else None
 
 
@@ -122,3 +114,86 @@ def counts(rows: list[dict[str, str]]) -> dict[str, int]:
     for row in rows:
         out[row["status"]] = out.get(row["status"], 0) + 1
     return out
+
+
+# A state hash not updated for this long belongs to an orchestrator that is gone.
+STALE_STATE_S = 120.0
+
+
+def epoch(stamp: str) -> float:
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except (ValueError, AttributeError):
+        return 0.0
+
+
+def number(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -> dict[str, Any]:
+    """Best, gain over the baseline, counts, noise floor, LLM use, experiments per hour."""
+    kept = []
+    for r in all_rows:
+        if r["status"] == RowStatus.KEEP:
+            # A kept commit's value is the mean of its runs (noise runs, confirmations).
+            runs = noise.measurements(all_rows, r["commit"])
+            kept.append(
+                {
+                    "id": r["id"],
+                    "commit": r["commit"],
+                    "val_bpb": number(r["val_bpb"]),
+                    "mean": sum(runs) / len(runs) if runs else None,
+                    "runs": len(runs),
+                    "description": r["description"],
+                }
+            )
+    baseline = {"id": kept[0]["id"], "val_bpb": kept[0]["mean"]} if kept else None
+    best = None
+    if kept:
+        best = {k: kept[-1][k] for k in ("id", "commit", "description")}
+        best["val_bpb"] = kept[-1]["mean"] or kept[-1]["val_bpb"]
+    base_value = baseline["val_bpb"] if baseline else None
+    sigma, dof = noise.pooled_sigma(all_rows)
+    ran = [r for r in all_rows if r["status"] in RAN]
+    # The rate of this session (the state's start): an earlier session's rows and the time
+    # between sessions would both distort it.
+    started = number(state.get("started")) or (epoch(all_rows[0]["time"]) if all_rows else now)
+    session = [r for r in ran if epoch(r["time"]) >= started - 1]
+    running = state.get("status") == "running" and now - (number(state.get("updated")) or 0) < (
+        STALE_STATE_S
+    )
+    end = now if running else (epoch(all_rows[-1]["time"]) if all_rows else now)
+    hours = max(end - started, 1.0) / 3600
+    return {
+        "rows": len(all_rows),
+        "counts": counts(all_rows),
+        # Rows by the cage that held their candidate (process-weak: the kernel could not).
+        "cages": dict(Counter(r["cage"] for r in all_rows if r.get("cage"))),
+        "baseline": baseline,
+        "best": best,
+        "gain": (base_value - best["val_bpb"]) if best and base_value else None,
+        "kept": kept,
+        "noise": {
+            "sigma": sigma if dof else None,
+            "dof": dof,
+            "margin": number(state.get("margin")),
+        },
+        "llm": {
+            "prompt_tokens": int(sum(number(r.get("prompt_tokens")) or 0 for r in all_rows)),
+            "completion_tokens": int(
+                sum(number(r.get("completion_tokens")) or 0 for r in all_rows)
+            ),
+            "cost_usd": sum(number(r.get("cost_usd")) or 0 for r in all_rows),
+            "model": state.get("model", ""),
+        },
+        "experiments": len(ran),
+        "hours": hours,  # this session's
+        "per_hour": len(session) / hours,
+        "running": running,
+        "stop_reason": state.get("stop_reason", ""),
+    }

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import time
-from collections import Counter
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +21,14 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from orchestrator import defaults, noise
+from orchestrator import defaults
 from orchestrator.logs import printable
-from orchestrator.results import ROW_STATUSES, ResultsFile, counts
+from orchestrator.results import ResultsFile, epoch, summary
 from worker import contract
 from worker.settings import log_stream_key
 
-# Statuses whose run used a worker (a rejected proposal never ran; an infra_error is the
-# machine's failure, not an experiment).
-RAN = tuple(s for s in ROW_STATUSES if s not in ("rejected", "infra_error"))
 # An entry's own fields: a metrics line's keys with these names get a trailing "_".
 RESERVED = ("t", "id", "phase", "stream_id", "kind", "event")
-# A state hash not updated for this long belongs to an orchestrator that is gone.
-STALE_STATE_S = 120.0
 
 
 # ----- log entries -----
@@ -110,7 +102,7 @@ def folder_log(runs_dir: Path, tag: str, exp_id: str | None) -> list[dict[str, A
             event = str(rec.pop("event", ""))
             stamp = rec.pop("timestamp", "")
             item: dict[str, Any] = {
-                "t": _epoch(stamp),
+                "t": epoch(stamp),
                 "id": str(rec.pop("id", folder.name)),
                 "phase": rec.pop("phase", ""),
             }
@@ -145,13 +137,6 @@ def _decided_from(folder: Path) -> dict[str, Any] | None:
         "val_bpb": result.get("val_bpb"),
         "error": result.get("error") or decision.get("note"),
     }
-
-
-def _epoch(stamp: str) -> float:
-    try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    except (ValueError, AttributeError):
-        return 0.0
 
 
 def is_end(item: dict[str, Any]) -> bool:
@@ -190,76 +175,6 @@ def rows(redis: Any | None, tag: str, runs_dir: Path | None) -> list[dict[str, s
     if redis is None:
         return []
     return [json.loads(r) for r in redis.lrange(contract.results_key(tag), 0, -1)]
-
-
-def _f(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
-def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -> dict[str, Any]:
-    """Best, gain over the baseline, counts, noise floor, LLM use, experiments per hour."""
-    kept = []
-    for r in all_rows:
-        if r["status"] == "keep":
-            # A kept commit's value is the mean of its runs (noise runs, confirmations).
-            runs = noise.measurements(all_rows, r["commit"])
-            kept.append(
-                {
-                    "id": r["id"],
-                    "commit": r["commit"],
-                    "val_bpb": _f(r["val_bpb"]),
-                    "mean": sum(runs) / len(runs) if runs else None,
-                    "runs": len(runs),
-                    "description": r["description"],
-                }
-            )
-    baseline = {"id": kept[0]["id"], "val_bpb": kept[0]["mean"]} if kept else None
-    best = None
-    if kept:
-        best = {k: kept[-1][k] for k in ("id", "commit", "description")}
-        best["val_bpb"] = kept[-1]["mean"] or kept[-1]["val_bpb"]
-    base_value = baseline["val_bpb"] if baseline else None
-    sigma, dof = noise.pooled_sigma(all_rows)
-    ran = [r for r in all_rows if r["status"] in RAN]
-    # The rate of this session (the state's start): an earlier session's rows and the time
-    # between sessions would both distort it.
-    started = _f(state.get("started")) or (_epoch(all_rows[0]["time"]) if all_rows else now)
-    session = [r for r in ran if _epoch(r["time"]) >= started - 1]
-    running = state.get("status") == "running" and now - (_f(state.get("updated")) or 0) < (
-        STALE_STATE_S
-    )
-    end = now if running else (_epoch(all_rows[-1]["time"]) if all_rows else now)
-    hours = max(end - started, 1.0) / 3600
-    return {
-        "rows": len(all_rows),
-        "counts": counts(all_rows),
-        # Rows by the cage that held their candidate (process-weak: the kernel could not).
-        "cages": dict(Counter(r["cage"] for r in all_rows if r.get("cage"))),
-        "baseline": baseline,
-        "best": best,
-        "gain": (base_value - best["val_bpb"]) if best and base_value else None,
-        "kept": kept,
-        "noise": {
-            "sigma": sigma if dof else None,
-            "dof": dof,
-            "margin": _f(state.get("margin")),
-        },
-        "llm": {
-            "prompt_tokens": int(sum(_f(r.get("prompt_tokens")) or 0 for r in all_rows)),
-            "completion_tokens": int(sum(_f(r.get("completion_tokens")) or 0 for r in all_rows)),
-            "cost_usd": sum(_f(r.get("cost_usd")) or 0 for r in all_rows),
-            "model": state.get("model", ""),
-        },
-        "experiments": len(ran),
-        "hours": hours,  # this session's
-        "per_hour": len(session) / hours,
-        "running": running,
-        "stop_reason": state.get("stop_reason", ""),
-    }
 
 
 def workers(redis: Any, tag: str | None = None) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from orchestrator import dashboard, defaults, view
-from orchestrator.loop import Limits, Policy
+from orchestrator.research import Limits, Policy
 from orchestrator.results import COLUMNS, ResultsFile, counts
 from tests import test_scheduling
 from tests.conftest import clean_env, git

@@ -11,7 +11,7 @@ from tests.conftest import REPO_ROOT
 def test_orchestrator_and_worker_daemon_do_not_import_torch():
     code = (
         "import sys\n"
-        "import orchestrator.cli, orchestrator.loop, orchestrator.proposers.llm\n"
+        "import orchestrator.cli, orchestrator.research, orchestrator.proposers.llm\n"
         "import orchestrator.proposers.mutate, worker.jobs, worker.runner, harness.manifest\n"
         "import harness.profiles\n"
         "from harness import codes\n"

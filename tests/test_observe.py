@@ -17,7 +17,7 @@ from harness import codes
 from harness.context import Context
 from harness.manifest import load_manifest
 from orchestrator import view
-from orchestrator.loop import Limits, Policy
+from orchestrator.research import Limits, Policy
 from orchestrator.results import COLUMNS
 from tests import test_scheduling
 from tests.conftest import clean_env, git

@@ -18,11 +18,12 @@ from rq.serializers import JSONSerializer
 
 from harness.manifest import load_manifest
 from harness.profiles import get_profile
+from orchestrator import noise
 from orchestrator.gitstore import GitStore
 from orchestrator.local_workers import LocalWorkers
-from orchestrator.loop import Limits, Policy, Research
 from orchestrator.proposers.base import Proposal, ProposalRequest
 from orchestrator.redis_server import PrivateRedis, connect
+from orchestrator.research import Limits, Policy, Research
 from tests.conftest import git
 from tests.llm_server import ScriptedLLMServer
 from tests.test_loop import _wait_for, scripted_proposer
@@ -124,7 +125,9 @@ def make(sim_repo, data_dir, redis_client, tmp_path):
 
 def jobs_of(r: Research) -> dict[str, Job]:
     return {
-        row["id"]: Job.fetch(r.job_id(row["id"]), connection=r.redis, serializer=JSONSerializer)
+        row["id"]: Job.fetch(
+            r.jobs.job_id(row["id"]), connection=r.redis, serializer=JSONSerializer
+        )
         for row in r.results.rows()
         if row["status"] != "rejected"
     }
@@ -233,7 +236,9 @@ def test_gain_within_the_noise_is_discarded(make, pool):
         Policy(noise_runs=3, z=2.0, min_delta=0.0, confirm=False),
     )
     baseline_runs(r)
-    assert r.best == pytest.approx(best, abs=1e-5) and r.sigma() == pytest.approx(sigma, abs=1e-5)
+    assert r.best == pytest.approx(best, abs=1e-5) and noise.pooled_sigma(r.results.rows())[
+        0
+    ] == pytest.approx(sigma, abs=1e-5)
     r.step()
     row = r.results.rows()[-1]
     assert float(row["val_bpb"]) < best  # lower than the best...
@@ -388,7 +393,7 @@ def test_max_hours_stops_new_work_and_finishes_what_is_in_flight(make, pool):
     assert all(
         row["error"].startswith("not run: max hours") for row in rows if row["status"] == "rejected"
     )
-    assert r.queue.count == 0
+    assert r.jobs.queue.count == 0
 
 
 def test_orchestrator_killed_with_many_jobs_in_flight_loses_nothing(
@@ -461,10 +466,10 @@ def test_a_result_scored_by_another_harness_or_data_is_refused(make):
     fine = contract.make_result(
         spec, "ok", val_bpb=0.5, harness_sha256=r.harness_sha256, fingerprint=r.fingerprint
     )
-    assert r._refused(spec, fine) is fine
+    assert r.judge._refused(spec, fine) is fine
     for harness, data in (("0" * 64, r.fingerprint), (r.harness_sha256, "other-data")):
         forged = {**fine, "harness_sha256": harness, "fingerprint": data}
-        refused = r._refused(spec, forged)
+        refused = r.judge._refused(spec, forged)
         assert refused["status"] == "infra_error" and refused["val_bpb"] is None
         assert refused["error"].startswith("refused: scored by harness")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.loop import lookahead_for
+from orchestrator.research import lookahead_for
 from orchestrator.settings import ENV, SettingsError, load
 from tests.conftest import clean_env
 

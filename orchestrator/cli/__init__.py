@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness.manifest import DataNotPrepared
     from orchestrator.gitstore import GitError
-    from orchestrator.loop import BaselineFailed
     from orchestrator.redis_server import RedisUnavailable
+    from orchestrator.research import BaselineFailed
     from worker.gpu_claim import NoFreeGpu
 
     try:

@@ -84,7 +84,7 @@ def _show(fields: dict[str, Any], as_json: bool, width: int, hidden: tuple[str, 
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from orchestrator.loop import budget_for
+    from orchestrator.research import budget_for
     from orchestrator.validate import CandidateRejected, validate_candidate
     from worker import contract
 

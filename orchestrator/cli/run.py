@@ -127,8 +127,8 @@ def _add_scheduling_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.gitstore import GitStore
-    from orchestrator.loop import Limits, Research, budget_for
     from orchestrator.redis_server import PrivateRedis, connect
+    from orchestrator.research import Limits, Research, budget_for
 
     s = load_settings(args)
     s.tag = s.tag or time.strftime("%Y%m%d")
@@ -211,7 +211,7 @@ def _start_local_workers(
 
 
 def _policy(s: st.Settings) -> Any:
-    from orchestrator.loop import Policy
+    from orchestrator.research import Policy
 
     return Policy(
         lookahead=None if s.lookahead == "auto" else int(s.lookahead),

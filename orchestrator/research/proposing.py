@@ -1,0 +1,88 @@
+"""Proposals in the making: each on its own thread, so LLM calls overlap the training.
+
+`Proposals` starts them (at most llm_concurrency at once, at most llm_rate_per_min a
+minute), keeps a moving average of how long one takes (the loop proposes that far ahead),
+and hands back the made ones, checked by the candidate validator, a slice of time at a time.
+"""
+
+from __future__ import annotations
+
+import queue as queuelib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from orchestrator import defaults
+from orchestrator.proposers.base import Proposal, ProposalRequest, Proposer
+from orchestrator.research.policy import Policy
+from orchestrator.validate import CandidateRejected, validate_candidate
+
+
+class Proposals:
+    def __init__(self, proposer: Proposer, policy: Policy, log: Any):
+        self.proposer, self.policy, self.log = proposer, policy, log
+        self.made: queuelib.SimpleQueue = queuelib.SimpleQueue()  # (Proposal, parent, s)
+        self.running = 0  # proposal threads running
+        self.started = 0  # proposals started this session (max_experiments counts these)
+        self.latency: float | None = None  # moving average, seconds
+        self._next_at = 0.0  # monotonic: the rate limit's next start
+
+    def may_start(self, want: int, limit: int | None) -> bool:
+        """Another proposal may start now: fewer than want (and llm_concurrency) running,
+        the session's limit not reached, the rate limit's gap passed."""
+        return (
+            self.running < min(want, self.policy.llm_concurrency)
+            and (limit is None or self.started < limit)
+            and time.monotonic() >= self._next_at
+        )
+
+    def start(self, request: ProposalRequest, parent: str) -> None:
+        """Start one proposal on a thread; collect() hands it back when it is made."""
+        self.started += 1
+        self.running += 1
+        rate = self.policy.llm_rate_per_min
+        self._next_at = time.monotonic() + (60.0 / rate if rate else 0.0)
+
+        def make() -> None:
+            began = time.monotonic()
+            try:
+                proposal = self.proposer.propose(request)
+            except Exception as exc:  # noqa: BLE001 - a proposer bug is a rejected row
+                proposal = Proposal(
+                    "",
+                    "proposer failed",
+                    self.proposer.name,
+                    rejected=f"proposer raised {type(exc).__name__}: {exc}",
+                )
+            self.made.put((proposal, parent, time.monotonic() - began))
+
+        threading.Thread(target=make, name="propose", daemon=True).start()
+
+    def collect(self) -> Iterator[tuple[Proposal, str]]:
+        """The made proposals and the frontier each was written against, validated (a
+        rejected one says why). Time-boxed: validating and committing a burst of proposals
+        must not hold up polling and dispatching for the workers that are free now."""
+        until = time.monotonic() + defaults.COLLECT_SLICE_S
+        while time.monotonic() < until:
+            try:
+                proposal, parent, seconds = self.made.get_nowait()
+            except queuelib.Empty:
+                return
+            self.running -= 1
+            a = 0.3
+            self.latency = seconds if self.latency is None else a * seconds + (1 - a) * self.latency
+            self.log.info(
+                "proposal",
+                proposer=proposal.proposer,
+                description=proposal.description,
+                rejected=proposal.rejected,
+                usage=proposal.usage,
+                seconds=round(seconds, 3),
+            )
+            if proposal.rejected is None:
+                try:
+                    validate_candidate(proposal.source)
+                except CandidateRejected as exc:
+                    proposal.rejected = str(exc)
+            yield proposal, parent
