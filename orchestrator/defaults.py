@@ -24,9 +24,8 @@ MIN_DELTA = 0.001
 # Rows of results.tsv and lines of the last failure shown to the proposer.
 RESULTS_TAIL_ROWS = 20
 FAILURE_TAIL_LINES = 40
-# RQ: seconds added to the two walls for the job timeout, and how long results live.
+# RQ: seconds added to the two walls for the job timeout (how long results live: worker/keys.py).
 JOB_TIMEOUT_MARGIN_S = 120
-RESULT_TTL_S = 7 * 24 * 3600
 # How often the loop polls a job it awaits.
 POLL_INTERVAL_S = 0.1
 # Infrastructure failures are retried this many times on a worker before being recorded.

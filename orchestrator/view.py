@@ -24,8 +24,8 @@ from rq.serializers import JSONSerializer
 from orchestrator import defaults
 from orchestrator.logs import printable
 from orchestrator.results import ResultsFile, epoch, summary
-from worker import contract
-from worker.settings import log_stream_key
+from worker import keys
+from worker.keys import log_stream_key
 
 # An entry's own fields: a metrics line's keys with these names get a trailing "_".
 RESERVED = ("t", "id", "phase", "stream_id", "kind", "event")
@@ -149,7 +149,7 @@ def is_end(item: dict[str, Any]) -> bool:
 def latest_tag(redis: Any | None, runs_dir: Path | None) -> str | None:
     """The run updated last: Redis's index of runs, else the newest run folder."""
     if redis is not None:
-        tags = redis.zrevrange(contract.RUNS_KEY, 0, 0)
+        tags = redis.zrevrange(keys.RUNS_KEY, 0, 0)
         if tags:
             return as_str(tags[0])
     if runs_dir is not None and runs_dir.is_dir():
@@ -174,7 +174,7 @@ def rows(redis: Any | None, tag: str, runs_dir: Path | None) -> list[dict[str, s
             return found
     if redis is None:
         return []
-    return [json.loads(r) for r in redis.lrange(contract.results_key(tag), 0, -1)]
+    return [json.loads(r) for r in redis.lrange(keys.results_key(tag), 0, -1)]
 
 
 def workers(redis: Any, tag: str | None = None) -> list[dict[str, Any]]:
@@ -240,10 +240,10 @@ def _gpu_of(name: str) -> str:
 
 def queue(redis: Any, tag: str) -> dict[str, Any]:
     """Jobs waiting: the shared queue and every worker's own, and which experiments."""
-    names = [contract.QUEUE_NAME] + [
+    names = [keys.QUEUE_NAME] + [
         q.name
         for q in Queue.all(connection=redis, serializer=JSONSerializer)
-        if q.name.startswith(contract.QUEUE_NAME + ".worker.")
+        if q.name.startswith(keys.QUEUE_NAME + ".worker.")
     ]
     waiting: list[str] = []
     total = 0
@@ -258,7 +258,7 @@ def queue(redis: Any, tag: str) -> dict[str, Any]:
 def state(redis: Any | None, tag: str, runs_dir: Path | None = None) -> dict[str, str]:
     """The orchestrator's published state: Redis's hash, else the run folder's copy."""
     if redis is not None:
-        found = redis.hgetall(contract.run_state_key(tag))
+        found = redis.hgetall(keys.run_state_key(tag))
         if found:
             return {as_str(k): as_str(v) for k, v in found.items()}
     if runs_dir is not None:

@@ -29,7 +29,7 @@ from tests import test_scheduling
 from tests.conftest import clean_env, git
 from tests.test_loop import _wait_for
 from tests.test_scheduling import SIM_TRAIN, ScriptedEdits, lr_edits
-from worker import contract
+from worker import keys
 
 # The simulated-worker fixtures, shared with the scheduling tests.
 sim_repo, pool, make = test_scheduling.sim_repo, test_scheduling.pool, test_scheduling.make
@@ -319,7 +319,7 @@ def check_after_the_run(r: Any, url: str) -> None:
 # ----- the endpoints -----
 def _add(redis: Any, tag: str, kind: str, text: str, exp_id: str = "0001") -> str:
     fields = {"kind": kind, "phase": "train", "text": text, "t": "1700000000.5", "id": exp_id}
-    return redis.xadd(contract.run_log_key(tag), fields).decode()
+    return redis.xadd(keys.run_log_key(tag), fields).decode()
 
 
 def test_log_answers_only_entries_after_the_given_id(redis_client, tmp_path, served):
@@ -368,7 +368,7 @@ def test_read_only_get_and_head_only(redis_client, tmp_path, served):
     _add(redis_client, "t", "line", "hello")
     row = {c: "" for c in COLUMNS} | {"id": "0000", "commit": "abc1234", "val_bpb": "1.000000"}
     row |= {"status": "keep", "description": "baseline", "time": "2026-01-01T00:00:00+00:00"}
-    redis_client.rpush(contract.results_key("t"), json.dumps(row))
+    redis_client.rpush(keys.results_key("t"), json.dumps(row))
     before = {k: redis_client.dump(k) for k in redis_client.keys("*")}
     url = served(redis_client, tmp_path / "runs", "t").url
     status, headers, page = fetch(url)

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from tests.conftest import REPO_ROOT
-from worker.gpu_claim import GpuClaim, NoFreeGpu, gpu_key
+from worker.gpu_claim import GpuClaim, NoFreeGpu
+from worker.keys import gpu_key
 
 
 def test_replicas_claim_distinct_gpus_until_none_is_left(redis_client):

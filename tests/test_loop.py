@@ -21,7 +21,7 @@ from orchestrator.research import Policy, Research, budget_for
 from orchestrator.results import ResultsFile
 from tests.conftest import clean_env, git, processes_under
 from tests.llm_server import ScriptedLLMServer
-from worker import contract
+from worker import keys
 from worker.settings import WorkerSettings
 
 FAST = ["--train-wall", "6", "--eval-wall", "20"]
@@ -176,7 +176,7 @@ def test_bad_llm_reply_is_rejected_and_never_queued(research, redis_client, case
     row = r.results.rows()[-1]
     assert row["status"] == "rejected"
     assert reason in row["error"]
-    assert Queue(contract.QUEUE_NAME, connection=redis_client, serializer=JSONSerializer).count == 0
+    assert Queue(keys.QUEUE_NAME, connection=redis_client, serializer=JSONSerializer).count == 0
     assert r.git.candidate_ids("t") == []
     assert r.git.resolve(r.git.branch("t")) == tip
 

@@ -24,8 +24,8 @@ from tests.conftest import clean_env, git
 from tests.test_loop import _wait_for
 from tests.test_progress_bars import assert_log_lines_stand_alone, final_bar, run_on_terminal
 from tests.test_scheduling import SIM_TRAIN, ScriptedEdits, lr_edits
-from worker import contract
-from worker.settings import log_stream_key
+from worker import keys
+from worker.keys import log_stream_key
 
 # The simulated-worker fixtures, shared with the scheduling tests.
 sim_repo, pool, make = test_scheduling.sim_repo, test_scheduling.pool, test_scheduling.make
@@ -110,9 +110,9 @@ def test_logs_follow_and_status_on_a_live_run(make, pool, sim_repo, redis_server
         )
 
     # What an earlier run under the same tag left in Redis is not this run's.
-    r.redis.hset(contract.run_state_key("s"), mapping={"started": "1", "status": "stopped"})
+    r.redis.hset(keys.run_state_key("s"), mapping={"started": "1", "status": "stopped"})
     stale = {c: "" for c in COLUMNS} | {"id": "0000", "status": "keep", "commit": "0ld0ld0"}
-    r.redis.rpush(contract.results_key("s"), json.dumps(stale | {"time": "2026-01-01T00:00:00Z"}))
+    r.redis.rpush(keys.results_key("s"), json.dumps(stale | {"time": "2026-01-01T00:00:00Z"}))
     r.redis.xadd(log_stream_key("s", "0001"), {"kind": "line", "text": "old run", "t": "1"})
     side = threading.Thread(target=look)
     side.start()
@@ -147,7 +147,7 @@ def test_logs_follow_and_status_on_a_live_run(make, pool, sim_repo, redis_server
     assert min(ends) > min(starts) and len(starts) == len(ends) == 3
     # Redis holds the rows as results.tsv does; the state says the run stopped and why.
     rows = r.results.rows()
-    published = [json.loads(x) for x in r.redis.lrange(contract.results_key("s"), 0, -1)]
+    published = [json.loads(x) for x in r.redis.lrange(keys.results_key("s"), 0, -1)]
     assert published == rows
     state = view.state(r.redis, "s")
     assert state["status"] == "stopped" and state["stop_reason"].startswith("max experiments")

@@ -10,35 +10,7 @@ from typing import Any
 
 SPEC_VERSION = 1
 RESULT_VERSION = 1
-QUEUE_NAME = "autoresearch"
-
-
-def worker_queue(worker_name: str) -> str:
-    """The queue only one worker serves (before the shared one): where a confirmation run
-    goes so that another worker than the candidate's repeats it."""
-    return f"{QUEUE_NAME}.worker.{worker_name}"
-
-
 JOB_FUNC = "worker.jobs.run_experiment"
-
-# What a run shows to any host that reaches its Redis (orchestrator/view.py reads them):
-# the runs by last update; a run's interleaved log stream (every experiment's entries with
-# their id, and the orchestrator's decisions); its results rows (JSON, results.tsv's
-# order); its state (a hash: started, updated, status, noise margin, ...).
-RUNS_KEY = "autoresearch:runs"
-
-
-def run_log_key(tag: str) -> str:
-    return f"autoresearch:{tag}:log"
-
-
-def results_key(tag: str) -> str:
-    return f"autoresearch:{tag}:results"
-
-
-def run_state_key(tag: str) -> str:
-    return f"autoresearch:{tag}:state"
-
 
 # Candidate outcomes; a failing candidate is data. `infra_error` is only ever a raised
 # exception on the worker (RQ retries it) and is recorded as such when retries run out.

@@ -13,16 +13,11 @@ from typing import Any
 import redis as redis_lib
 from redis.exceptions import LockError
 
-DEFAULT_TTL_S = 30.0
-DEFAULT_HEARTBEAT_S = 10.0
+from worker import keys
 
 
 class NoFreeGpu(RuntimeError):
     """Every GPU of this host is claimed by a live worker."""
-
-
-def gpu_key(host: str, index: int) -> str:
-    return f"autoresearch:gpu:{host}:{index}"
 
 
 class GpuClaim:
@@ -32,8 +27,8 @@ class GpuClaim:
         host: str,
         count: int,
         owner: str,
-        ttl_s: float = DEFAULT_TTL_S,
-        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        ttl_s: float = keys.GPU_CLAIM_TTL_S,
+        heartbeat_s: float = keys.GPU_HEARTBEAT_S,
         log: Any = None,
     ):
         if count < 1:
@@ -51,7 +46,7 @@ class GpuClaim:
     def acquire(self) -> GpuClaim:
         for index in range(self.count):
             lock = self.redis.lock(
-                gpu_key(self.host, index), timeout=self.ttl_s, thread_local=False
+                keys.gpu_key(self.host, index), timeout=self.ttl_s, thread_local=False
             )
             if lock.acquire(blocking=False, token=self.owner):
                 self._lock, self.gpu = lock, index

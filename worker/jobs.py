@@ -18,10 +18,11 @@ from rq import get_current_job
 
 from harness import codes
 from harness import manifest as mf
-from worker import contract
+from worker import contract, keys
+from worker.keys import STREAM_TTL_S, log_stream_key
 from worker.process_runner import ProcessRunner
 from worker.runner import InfraError, Limits, Runner
-from worker.settings import STREAM_TTL_S, WorkerSettings, add_log_entry, log_stream_key
+from worker.settings import WorkerSettings, add_log_entry
 
 
 def make_runner(settings: WorkerSettings) -> Runner:
@@ -98,7 +99,7 @@ class ExperimentLog:
     def close(self) -> None:
         if self.redis is not None:
             self.redis.expire(log_stream_key(self.tag, self.exp_id), STREAM_TTL_S)
-            self.redis.expire(contract.run_log_key(self.tag), STREAM_TTL_S)
+            self.redis.expire(keys.run_log_key(self.tag), STREAM_TTL_S)
         self.raw.close()
         self.jsonl.close()
 

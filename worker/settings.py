@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.contract import run_log_key
+from worker.keys import STREAM_MAXLEN, log_stream_key, run_log_key
 
 ENV_DATA_DIR = "AUTORESEARCH_DATA_DIR"
 ENV_RUNS_DIR = "AUTORESEARCH_RUNS_DIR"
@@ -17,9 +17,6 @@ ENV_MEMORY_GB = "AUTORESEARCH_MEMORY_GB"
 
 # Where a run's per-experiment folders live, relative to the working directory.
 DEFAULT_RUNS_DIR = Path("workspace/runs")
-# How long a log stream stays in Redis after its last line.
-STREAM_TTL_S = 7 * 24 * 3600
-STREAM_MAXLEN = 20_000
 
 
 def default_data_root() -> Path:
@@ -57,11 +54,6 @@ class WorkerSettings:
         if self.memory_gb is not None:
             env[ENV_MEMORY_GB] = str(self.memory_gb)
         return env
-
-
-def log_stream_key(tag: str, exp_id: str) -> str:
-    """The Redis stream holding one experiment's output lines and live metrics."""
-    return f"autoresearch:{tag}:log:{exp_id}"
 
 
 def add_log_entry(pipe: Any, tag: str, exp_id: str, fields: dict[str, str]) -> None:

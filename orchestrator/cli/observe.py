@@ -93,13 +93,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
     """Print a log from Redis's streams (following them with -f), or from the run folder
     when the stream is gone (an old experiment, a Redis that was reset)."""
     from orchestrator import view
-    from worker import contract
-    from worker.settings import log_stream_key
+    from worker import keys
+    from worker.keys import log_stream_key
 
     redis, runs_dir, tag = reader(args)
     as_json = args.json if args.json is not None else not sys.stdout.isatty()
     render = view.Renderer(as_json, colors=sys.stdout.isatty())
-    key = log_stream_key(tag, args.id) if args.id else contract.run_log_key(tag)
+    key = log_stream_key(tag, args.id) if args.id else keys.run_log_key(tag)
     live = redis is not None and bool(redis.exists(key))
     if not live:
         items = view.folder_log(runs_dir, tag, args.id)

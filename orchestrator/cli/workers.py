@@ -41,7 +41,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from rq.serializers import JSONSerializer
 
     from orchestrator.redis_server import connect
-    from worker import contract
+    from worker import keys
     from worker.settings import WorkerSettings
 
     s = load_settings(args)
@@ -84,7 +84,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         name = args.name or f"{host}-{'cpu' if gpu is None else f'gpu{gpu}'}-{os.getpid()}"
         queues = [
             Queue(q, connection=redis, serializer=JSONSerializer)
-            for q in (contract.worker_queue(name), contract.QUEUE_NAME)
+            for q in (keys.worker_queue(name), keys.QUEUE_NAME)
         ]
         worker = Worker(queues, connection=redis, name=name, serializer=JSONSerializer)
         announce_cage(log, s.runner)

@@ -43,7 +43,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from orchestrator import defaults, logs, report, view
-from worker import contract
+from worker import keys
 
 # Entries in one /api/log answer; the page keeps as many lines.
 LOG_LIMIT = 200
@@ -162,7 +162,7 @@ class Dashboard:
         that others follow), or the last `limit` when after is None."""
         if self.redis is None:
             return self._folder_log(after, limit)
-        key = contract.run_log_key(self.tag)
+        key = keys.run_log_key(self.tag)
         if after is None:
             items = view.tail_stream(self.redis, key, limit)
         else:

@@ -28,7 +28,7 @@ from rq.worker_registration import clean_worker_registry, get_keys
 from orchestrator import defaults
 from orchestrator.proposers.base import Proposal
 from orchestrator.validate import normalized_hash
-from worker import contract
+from worker import contract, keys
 from worker.vocab import Outcome, RunKind
 
 # RQ's statuses of a job that will not change again.
@@ -62,7 +62,7 @@ class Jobs:
     def __init__(self, connection: redis.Redis, tag: str, run: dict[str, Any], log: Any):
         """run: what every spec of this run shares (profile, fingerprint, budget)."""
         self.redis, self.tag, self.run, self.log = connection, tag, run, log
-        self.queue = Queue(contract.QUEUE_NAME, connection=connection, serializer=JSONSerializer)
+        self.queue = Queue(keys.QUEUE_NAME, connection=connection, serializer=JSONSerializer)
         budget = run["budget"]
         self.job_seconds = float(budget["train_wall_s"] + budget["eval_wall_s"])  # average
         self.timeout = int(self.job_seconds) + defaults.JOB_TIMEOUT_MARGIN_S
@@ -122,10 +122,10 @@ class Jobs:
         served in order ahead of the shared queue; else the shared queue's front."""
         others = [w for w in self.workers if w != avoid]
         if not others:
-            return contract.QUEUE_NAME, True
+            return keys.QUEUE_NAME, True
         waiting = Counter(f.queue for f in self.flights.values() if f.kind == RunKind.CONFIRM)
-        pick = min(others, key=lambda w: (waiting[contract.worker_queue(w)], random()))
-        return contract.worker_queue(pick), False
+        pick = min(others, key=lambda w: (waiting[keys.worker_queue(w)], random()))
+        return keys.worker_queue(pick), False
 
     def enqueue(
         self,
@@ -135,12 +135,12 @@ class Jobs:
         proposal: Proposal,
         *,
         of: str = "",
-        queue: str = contract.QUEUE_NAME,
+        queue: str = keys.QUEUE_NAME,
         at_front: bool = False,
     ) -> Flight:
         q = (
             self.queue
-            if queue == contract.QUEUE_NAME
+            if queue == keys.QUEUE_NAME
             else Queue(queue, connection=self.redis, serializer=JSONSerializer)
         )
         job = q.enqueue_call(
@@ -148,8 +148,8 @@ class Jobs:
             args=(spec,),
             job_id=self.job_id(exp_id),
             timeout=self.timeout,
-            result_ttl=defaults.RESULT_TTL_S,
-            failure_ttl=defaults.RESULT_TTL_S,
+            result_ttl=keys.RESULT_TTL_S,
+            failure_ttl=keys.RESULT_TTL_S,
             retry=Retry(max=defaults.INFRA_RETRIES),
             description=f"{self.tag}/{exp_id} {spec['description']}",
             at_front=at_front,
@@ -235,7 +235,7 @@ class Jobs:
             self.log.warning("no_worker", hint="start one: autoresearch worker --redis-url ...")
         for flight in list(self.flights.values()):
             if (
-                flight.queue != contract.QUEUE_NAME
+                flight.queue != keys.QUEUE_NAME
                 and flight.queue.split(".worker.", 1)[-1] not in names
                 and flight.job.get_status(refresh=True) == JobStatus.QUEUED
             ):

@@ -20,8 +20,8 @@ from harness import bars
 from orchestrator import defaults, noise
 from orchestrator.research.policy import Policy
 from orchestrator.results import summary
-from worker import contract
-from worker.settings import STREAM_TTL_S, add_log_entry, log_stream_key
+from worker import keys
+from worker.settings import add_log_entry
 
 
 class Publisher:
@@ -55,11 +55,11 @@ class Publisher:
 
     def _state(self, state: dict[str, str]) -> None:
         now = time.time()
-        key = contract.run_state_key(self.tag)
+        key = keys.run_state_key(self.tag)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hsetnx(key, "started", f"{now:.3f}")  # run() sets it for each session
         pipe.hset(key, mapping={"updated": f"{now:.3f}", **state})
-        pipe.zadd(contract.RUNS_KEY, {self.tag: now})
+        pipe.zadd(keys.RUNS_KEY, {self.tag: now})
         pipe.hgetall(key)
         saved = pipe.execute()[-1]
         self.published_at = time.monotonic()
@@ -94,23 +94,23 @@ class Publisher:
             "t": f"{time.time():.3f}",
         }
         pipe = self.redis.pipeline(transaction=False)
-        pipe.rpush(contract.results_key(self.tag), json.dumps(row))
+        pipe.rpush(keys.results_key(self.tag), json.dumps(row))
         add_log_entry(pipe, self.tag, row["id"], fields)
-        pipe.expire(log_stream_key(self.tag, row["id"]), STREAM_TTL_S)
+        pipe.expire(keys.log_stream_key(self.tag, row["id"]), keys.STREAM_TTL_S)
         pipe.execute()
 
     def forget(self) -> None:
         """Drop what Redis holds under this tag (state, rows, log streams): left by an
         earlier run whose branch is gone, it would be shown as this run's."""
-        keys = [contract.run_state_key(self.tag), contract.results_key(self.tag)]
-        keys += [contract.run_log_key(self.tag)]
-        keys += list(self.redis.scan_iter(match=log_stream_key(self.tag, "*"), count=1000))
-        self.redis.delete(*keys)
+        names = [keys.run_state_key(self.tag), keys.results_key(self.tag)]
+        names += [keys.run_log_key(self.tag)]
+        names += list(self.redis.scan_iter(match=keys.log_stream_key(self.tag, "*"), count=1000))
+        self.redis.delete(*names)
 
     def sync(self, rows: list[dict[str, str]]) -> None:
         """Redis's copy of the rows matches results.tsv (a Redis that lost its data, or a
         run from before the copy existed, gets them again)."""
-        key = contract.results_key(self.tag)
+        key = keys.results_key(self.tag)
         if self.redis.llen(key) == len(rows):
             return
         pipe = self.redis.pipeline()
