@@ -12,10 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-# Rows whose val_bpb is a measurement of their commit (a crash's 0.0 is not).
-MEASURED = ("keep", "discard", "confirm", "noise")
-# Rows that measure the frontier commit itself.
-FRONTIER = ("keep", "confirm", "noise")
+from worker.vocab import FRONTIER, MEASURED
 
 
 def row_value(row: dict[str, str]) -> float | None:

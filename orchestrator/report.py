@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import defaults, noise
 from orchestrator.gitstore import GitError, GitStore
 from orchestrator.results import ROW_STATUSES
+from worker.vocab import REPEATS, Outcome, RowStatus
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 # Statuses whose val_bpb is 0 because the run never produced one.
-CRASHED = ("crash", "oom", "nan", "timeout", "overtime", "infra_error")
+CRASHED = tuple(RowStatus(s) for s in Outcome if s != Outcome.OK)
 # Re-runs of an already kept commit: they measure noise, not a change.
-REPEATS = ("noise", "confirm")
 # Scored candidates that were not kept (reapplied and stale ones lost on their frontier).
-NOT_KEPT = ("discard", "reapplied", "stale")
+NOT_KEPT = (RowStatus.DISCARD, RowStatus.REAPPLIED, RowStatus.STALE)
 LABEL_CHARS = 40
 CHART_NAME = "progress.png"
 REPORT_NAME = "report.md"
@@ -63,7 +63,7 @@ def progress_series(rows: list[dict[str, str]]) -> dict[str, Any]:
     """
     if not rows:
         raise _no_rows("plot")
-    ran = [r for r in rows if r["status"] != "rejected"]
+    ran = [r for r in rows if r["status"] != RowStatus.REJECTED]
     series: dict[str, Any] = {
         "n": len(ran),
         "rejected": len(rows) - len(ran),
@@ -82,10 +82,10 @@ def progress_series(rows: list[dict[str, str]]) -> dict[str, Any]:
             series["crash"].append(x)
             continue
         measured.append(value)
-        group = "kept" if status == "keep" else "repeats" if status in REPEATS else "other"
+        group = "kept" if status == RowStatus.KEEP else "repeats" if status in REPEATS else "other"
         series[group][0].append(x)
         series[group][1].append(value)
-        if status == "keep":
+        if status == RowStatus.KEEP:
             series["labels"].append((x, value, _short(row.get("description", ""))))
             frontier = noise.commit_value(rows, row["commit"]) or value
             series["frontier"][0].append(x)
@@ -366,7 +366,7 @@ def best_diff(
     """(diff text, note saying where it came from) of the best kept commit against the
     baseline: from git when repo holds both commits, else the kept candidates'
     candidate.diff files from the run folder one by one, else none (the note says so)."""
-    kept = [r for r in rows if r["status"] == "keep"]
+    kept = [r for r in rows if r["status"] == RowStatus.KEEP]
     if not kept:
         return "", "No baseline yet, so no diff."
     base, best = kept[0], kept[-1]

@@ -20,6 +20,7 @@ from typing import Any
 from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.utils import as_text
 
 from orchestrator import defaults
 from orchestrator.logs import printable
@@ -39,7 +40,7 @@ def entry(fields: dict[Any, Any], exp_id: str = "", stream_id: str = "") -> dict
     event is the text), `metrics` a ctx.log / harness progress line (JSON fields), `event`
     a worker or orchestrator event (JSON with an `event` key).
     """
-    fields = {as_str(k): as_str(v) for k, v in fields.items()}  # clients without decode_responses
+    fields = {as_text(k): as_text(v) for k, v in fields.items()}  # clients without decode_responses
     kind, text = fields.get("kind", "line"), fields.get("text", "")
     out: dict[str, Any] = {
         "t": float(fields.get("t") or 0.0),
@@ -69,7 +70,7 @@ def entry(fields: dict[Any, Any], exp_id: str = "", stream_id: str = "") -> dict
 
 def tail_stream(redis: Any, key: str, count: int) -> list[tuple[str, dict[str, str]]]:
     """The last `count` entries, oldest first (one XREVRANGE, not the whole stream)."""
-    return [(as_str(i), f) for i, f in reversed(redis.xrevrange(key, count=count))]
+    return [(as_text(i), f) for i, f in reversed(redis.xrevrange(key, count=count))]
 
 
 def read_stream(
@@ -78,9 +79,9 @@ def read_stream(
     """Entries after the stream id `after`, waiting up to block_ms for one when given."""
     if block_ms is None:
         start = "(" + after if after != "0-0" else "-"
-        return [(as_str(i), f) for i, f in redis.xrange(key, min=start, max="+", count=count)]
+        return [(as_text(i), f) for i, f in redis.xrange(key, min=start, max="+", count=count)]
     reply = redis.xread({key: after}, count=count, block=block_ms)
-    return [(as_str(i), f) for _key, items in reply or [] for i, f in items]
+    return [(as_text(i), f) for _key, items in reply or [] for i, f in items]
 
 
 def folder_log(runs_dir: Path, tag: str, exp_id: str | None) -> list[dict[str, Any]]:
@@ -151,7 +152,7 @@ def latest_tag(redis: Any | None, runs_dir: Path | None) -> str | None:
     if redis is not None:
         tags = redis.zrevrange(keys.RUNS_KEY, 0, 0)
         if tags:
-            return as_str(tags[0])
+            return as_text(tags[0])
     if runs_dir is not None and runs_dir.is_dir():
         folders = [p for p in runs_dir.iterdir() if (p / defaults.RESULTS_FILE).is_file()]
         if folders:
@@ -215,7 +216,7 @@ def workers(redis: Any, tag: str | None = None) -> list[dict[str, Any]]:
             if start["event"] == "experiment.start" and "gpu" in start:
                 item["gpu"] = "cpu" if start["gpu"] is None else f"gpu{start['gpu']}"
         for stream_id, fields in next(replies):
-            e = entry(fields, item["exp_id"], as_str(stream_id))
+            e = entry(fields, item["exp_id"], as_text(stream_id))
             item.setdefault("phase", e["phase"])
             if e["kind"] == "metrics":
                 for key in ("step", "loss", "tok_per_s", "elapsed_s", "remaining_s", "progress"):
@@ -260,7 +261,7 @@ def state(redis: Any | None, tag: str, runs_dir: Path | None = None) -> dict[str
     if redis is not None:
         found = redis.hgetall(keys.run_state_key(tag))
         if found:
-            return {as_str(k): as_str(v) for k, v in found.items()}
+            return {as_text(k): as_text(v) for k, v in found.items()}
     if runs_dir is not None:
         try:
             return json.loads((runs_dir / tag / defaults.STATE_FILE).read_text())
@@ -279,11 +280,6 @@ def snapshot(redis: Any | None, tag: str, runs_dir: Path | None) -> dict[str, An
     out["queue"] = queue(redis, tag) if redis is not None else {"queued": 0, "waiting": []}
     out["last"] = all_rows[-defaults.RESULTS_TAIL_ROWS :]
     return out
-
-
-def as_str(value: Any) -> str:
-    """A Redis reply as text (the clients here do not set decode_responses)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _num(value: Any, fmt: str) -> str:

@@ -6,7 +6,9 @@ Defined once here and imported by both sides. Torch-free: the orchestrator impor
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, TypedDict
+
+from worker.vocab import Outcome
 
 SPEC_VERSION = 1
 RESULT_VERSION = 1
@@ -14,22 +16,70 @@ JOB_FUNC = "worker.jobs.run_experiment"
 
 # Candidate outcomes; a failing candidate is data. `infra_error` is only ever a raised
 # exception on the worker (RQ retries it) and is recorded as such when retries run out.
-STATUSES = ("ok", "crash", "oom", "nan", "timeout", "overtime", "infra_error")
+STATUSES = tuple(Outcome)
 
-SPEC_FIELDS = (
-    "version",
-    "id",
-    "tag",
-    "parent",
-    "commit",
-    "source",
-    "sha256",
-    "profile",
-    "fingerprint",
-    "budget",
-    "seed",
-    "description",
-)
+
+class Budget(TypedDict):
+    train_wall_s: float  # the hard wall of the train phase
+    save_margin_s: float  # before the wall: the budget gate, time left to save the weights
+    return_grace_s: float  # after the gate: how late train() may return
+    eval_wall_s: float  # the hard wall of the eval phase
+
+
+class Spec(TypedDict):
+    """A job: what to run, on which data, under which budget (JSON on the queue)."""
+
+    version: int
+    id: str  # the experiment's id in its run (0000, 0001, ...)
+    tag: str  # the run's
+    parent: str  # the commit it was written against
+    commit: str  # its own commit
+    source: str  # the train.py to run
+    sha256: str  # of source
+    profile: str
+    fingerprint: str  # of the prepared data the orchestrator scores against
+    budget: Budget
+    seed: int
+    description: str
+
+
+class Result(TypedDict):
+    """What a job returns: every field always present (None when not measured)."""
+
+    version: int
+    id: str
+    status: str  # an Outcome
+    val_bpb: float | None
+    startup_s: float | None
+    first_step_s: float | None
+    training_s: float | None
+    save_s: float | None
+    eval_s: float | None
+    train_phase_s: float | None
+    eval_phase_s: float | None
+    total_s: float | None
+    peak_memory_mb: float | None
+    mfu: float | None
+    tokens: int | None
+    steps: int | None
+    params: int | None
+    worker: str | None
+    gpu: str | None
+    log_tail: str
+    error: str | None
+    # Stamped by the scorer: the harness code and the data fingerprint it ran with.
+    harness_sha256: str | None
+    fingerprint: str | None
+    image: str | None  # the docker runner's image id (sha256:...), None for processes
+    # Which cage ran both phases: docker, process, process-weak (the kernel could not
+    # confine), none (the simulate runner).
+    cage: str | None
+    # The causality probe's largest move (nats) of a log-probability before a split.
+    causal_move: float | None
+
+
+SPEC_FIELDS = tuple(Spec.__annotations__)
+RESULT_FIELDS = tuple(Result.__annotations__)
 
 
 class SpecError(ValueError):
@@ -53,10 +103,10 @@ def make_spec(
     source: str,
     profile: str,
     fingerprint: str,
-    budget: dict[str, float],
+    budget: Budget | dict[str, float],
     seed: int,
     description: str,
-) -> dict[str, Any]:
+) -> Spec:
     """Build a spec; `budget` holds train_wall_s, save_margin_s, return_grace_s, eval_wall_s."""
     return {
         "version": SPEC_VERSION,
@@ -68,13 +118,13 @@ def make_spec(
         "sha256": sha256_text(source),
         "profile": profile,
         "fingerprint": fingerprint,
-        "budget": dict(budget),
+        "budget": Budget(**budget),
         "seed": seed,
         "description": description,
     }
 
 
-def check_spec(spec: dict[str, Any]) -> None:
+def check_spec(spec: Spec) -> None:
     missing = [f for f in SPEC_FIELDS if f not in spec]
     if missing:
         raise SpecError(f"spec lacks {', '.join(missing)}")
@@ -87,44 +137,14 @@ def check_spec(spec: dict[str, Any]) -> None:
             raise SpecError(f"spec budget lacks {key}")
 
 
-def make_result(spec: dict[str, Any], status: str, **fields: Any) -> dict[str, Any]:
+def make_result(spec: Spec | dict[str, Any], status: str, **fields: Any) -> Result:
     """A result with every field present, so readers never guess at missing keys."""
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}")
-    result: dict[str, Any] = {
-        "version": RESULT_VERSION,
-        "id": spec["id"],
-        "status": status,
-        "val_bpb": None,
-        "startup_s": None,
-        "first_step_s": None,
-        "training_s": None,
-        "save_s": None,
-        "eval_s": None,
-        "train_phase_s": None,
-        "eval_phase_s": None,
-        "total_s": None,
-        "peak_memory_mb": None,
-        "mfu": None,
-        "tokens": None,
-        "steps": None,
-        "params": None,
-        "worker": None,
-        "gpu": None,
-        "log_tail": "",
-        "error": None,
-        # Stamped by the scorer: the harness code and the data fingerprint it ran with.
-        "harness_sha256": None,
-        "fingerprint": None,
-        "image": None,  # the docker runner's image id (sha256:...), None for processes
-        # Which cage ran both phases: docker, process, process-weak (the kernel could not
-        # confine), none (the simulate runner).
-        "cage": None,
-        # The causality probe's largest move (nats) of a log-probability before a split.
-        "causal_move": None,
-    }
-    unknown = set(fields) - set(result)
+    unknown = set(fields) - set(RESULT_FIELDS)
     if unknown:
         raise ValueError(f"unknown result fields {sorted(unknown)}")
+    result = dict.fromkeys(RESULT_FIELDS)
+    result |= {"version": RESULT_VERSION, "id": spec["id"], "status": status, "log_tail": ""}
     result.update(fields)
-    return result
+    return Result(**result)

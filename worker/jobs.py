@@ -19,6 +19,7 @@ from rq import get_current_job
 from harness import codes
 from harness import manifest as mf
 from worker import contract, keys
+from worker.contract import Result, Spec
 from worker.keys import STREAM_TTL_S, log_stream_key
 from worker.process_runner import ProcessRunner
 from worker.runner import InfraError, Limits, Runner
@@ -40,7 +41,7 @@ def make_runner(settings: WorkerSettings) -> Runner:
     raise InfraError(f"unknown runner {settings.runner!r}")
 
 
-def check_fingerprint(spec: dict[str, Any], data_dir: Path) -> None:
+def check_fingerprint(spec: Spec, data_dir: Path) -> None:
     try:
         mine = mf.load_manifest(data_dir)["fingerprint"]
     except FileNotFoundError as exc:
@@ -104,7 +105,7 @@ class ExperimentLog:
         self.jsonl.close()
 
 
-def run_experiment(spec: dict[str, Any]) -> dict[str, Any]:
+def run_experiment(spec: Spec) -> Result:
     """RQ entry point: refuse a bad spec, run the candidate, return the result dict."""
     contract.check_spec(spec)
     settings = WorkerSettings.from_env()

@@ -23,6 +23,7 @@ from typing import Any
 
 from harness import codes
 from harness import manifest as mf
+from worker.vocab import Outcome
 
 # emit(phase, line): one output line of a phase, as it comes.
 Emit = Callable[[str, str], None]
@@ -160,9 +161,9 @@ class Runner(ABC):
         )
         fields: dict[str, Any] = {"train_phase_s": train.seconds}
         status, error = self._classify(train, "train", budget["train_wall_s"])
-        if status == "ok" and not (scratch / "train.json").is_file():
-            status, error = "crash", "train phase exited without saving weights"
-        if status == "ok":
+        if status == Outcome.OK and not (scratch / "train.json").is_file():
+            status, error = Outcome.CRASH, "train phase exited without saving weights"
+        if status == Outcome.OK:
             self.vouch()  # the train phase is over: nothing of it runs any more
             ev = self.run_phase(
                 "eval",
@@ -174,10 +175,10 @@ class Runner(ABC):
             fields["eval_phase_s"] = ev.seconds
             status, error = self._classify(ev, "eval", budget["eval_wall_s"])
             tail = list(train.tail)[-10:] + list(ev.tail)
-            if status == "ok":
+            if status == Outcome.OK:
                 scores, why = self._verified(ev.signed)
                 if scores is None:
-                    status, error = "crash", why
+                    status, error = Outcome.CRASH, why
                 else:
                     self.vouch()
                     fields.update(scores, harness_sha256=self.harness_sha256())
@@ -244,13 +245,13 @@ class Runner(ABC):
             )
         if code in codes.STATUS_BY_CODE:
             status = codes.STATUS_BY_CODE[code]
-            return status, None if status == "ok" else _last_error(outcome.tail, status)
+            return status, None if status == Outcome.OK else _last_error(outcome.tail, status)
         if code is not None and code < 0:
             sig = signal.Signals(-code).name
             # A SIGKILL we did not send comes from the kernel's OOM killer or a memory cap.
-            status = "oom" if code == -signal.SIGKILL else "crash"
+            status = Outcome.OOM if code == -signal.SIGKILL else Outcome.CRASH
             return status, f"{phase} phase killed by {sig}"
-        return "crash", f"{phase} phase exited with code {code}"
+        return Outcome.CRASH, f"{phase} phase exited with code {code}"
 
     def _verified(self, lines: list[str]) -> tuple[dict[str, Any] | None, str]:
         """The scores of the one result line signed under this run's key, or (None, why)."""

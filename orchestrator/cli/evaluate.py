@@ -87,6 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from orchestrator.research import budget_for
     from orchestrator.validate import CandidateRejected, validate_candidate
     from worker import contract
+    from worker.vocab import Outcome
 
     s = load_settings(args)
     log = logs.get()
@@ -121,7 +122,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         gpu="cpu" if s.gpu is None else f"cuda:{s.gpu}",
     )
     _show(result, args.json, 16, hidden=("log_tail",))
-    return 0 if result["status"] == "ok" else 1
+    return 0 if result["status"] == Outcome.OK else 1
 
 
 def _latest_tag(runs_dir: Path, tag: str | None) -> str:
@@ -154,6 +155,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from orchestrator import noise
     from orchestrator.gitstore import GitStore
     from worker import contract
+    from worker.vocab import Outcome
 
     s = load_settings(args)
     git = GitStore(s.repo, s.train_path)
@@ -198,4 +200,4 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "error": result["error"],
     }
     _show(out, args.json, 18)
-    return 0 if result["status"] == "ok" else 1
+    return 0 if result["status"] == Outcome.OK else 1

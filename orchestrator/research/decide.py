@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from orchestrator import defaults
+from worker.contract import Result
 from worker.vocab import Outcome, RowStatus
 
 
@@ -46,7 +47,7 @@ class Verdict:
     flag: str = ""  # why the gain looks suspicious, if it does
 
 
-def refused(result: dict, harness_sha256: str, fingerprint: str) -> str:
+def refused(result: Result, harness_sha256: str, fingerprint: str) -> str:
     """Why a scored result is not taken ("" when it is): only a result scored by this
     harness on this data counts."""
     if result["status"] != Outcome.OK:
@@ -60,7 +61,7 @@ def refused(result: dict, harness_sha256: str, fingerprint: str) -> str:
     )
 
 
-def baseline(result: dict, failures_before: int) -> Verdict:
+def baseline(result: Result, failures_before: int) -> Verdict:
     """The unmodified train.py: kept when it scores; a failure is retried once in case the
     host hiccuped, and stops the run after BASELINE_ATTEMPTS."""
     if result["status"] == Outcome.OK:
@@ -69,13 +70,13 @@ def baseline(result: dict, failures_before: int) -> Verdict:
     return Verdict(RowStatus(result["status"]), then=Then.GIVE_UP if gave_up else Then.RETRY)
 
 
-def noise_run(result: dict) -> Verdict:
+def noise_run(result: Result) -> Verdict:
     ok = result["status"] == Outcome.OK
     return Verdict(RowStatus.NOISE if ok else RowStatus(result["status"]))
 
 
 def candidate(
-    result: dict,
+    result: Result,
     rows: list[dict],
     *,
     parent: str,
@@ -99,7 +100,7 @@ def candidate(
     return Verdict(RowStatus.KEEP, value=value)
 
 
-def suspicious(rows: list[dict], result: dict, gain: float, margin: float, frontier: str) -> str:
+def suspicious(rows: list[dict], result: Result, gain: float, margin: float, frontier: str) -> str:
     """Why a gain looks too good to be true, or "": far above every earlier keep's gain,
     or made with far fewer training tokens than the frontier."""
     kept = [float(r["val_bpb"]) for r in rows if r["status"] == RowStatus.KEEP]

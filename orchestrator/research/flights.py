@@ -29,6 +29,7 @@ from orchestrator import defaults
 from orchestrator.proposers.base import Proposal
 from orchestrator.validate import normalized_hash
 from worker import contract, keys
+from worker.contract import Result, Spec
 from worker.vocab import Outcome, RunKind
 
 # RQ's statuses of a job that will not change again.
@@ -42,7 +43,7 @@ class Flight:
     id: str
     kind: RunKind
     job: Job
-    spec: dict[str, Any]
+    spec: Spec
     proposal: Proposal
     queue: str
     of: str = ""  # a confirmation: the candidate's id
@@ -87,7 +88,7 @@ class Jobs:
             **self.run,
         )
 
-    def launch(self, exp_id: str, kind: RunKind, spec: dict, proposal: Proposal, **kw) -> None:
+    def launch(self, exp_id: str, kind: RunKind, spec: Spec, proposal: Proposal, **kw) -> None:
         """Enqueue the job and take it into flight (kw: enqueue's)."""
         self.flights[exp_id] = self.enqueue(exp_id, kind, spec, proposal, **kw)
 
@@ -102,7 +103,7 @@ class Jobs:
         now, horizon = time.monotonic(), self.job_seconds - lead
         return sum(1 for f in self.flights.values() if f.started and now - f.started >= horizon)
 
-    def take_ended(self) -> list[tuple[Flight, dict]]:
+    def take_ended(self) -> list[tuple[Flight, Result]]:
         """The flights whose jobs ended, out of flight, with their results."""
         ended = self.poll(list(self.flights.values()))
         for flight, result in ended:
@@ -131,7 +132,7 @@ class Jobs:
         self,
         exp_id: str,
         kind: RunKind,
-        spec: dict,
+        spec: Spec,
         proposal: Proposal,
         *,
         of: str = "",
@@ -166,7 +167,7 @@ class Jobs:
         )
         return Flight(exp_id, kind, job, spec, proposal, queue, of)
 
-    def poll(self, flights: list[Flight]) -> list[tuple[Flight, dict]]:
+    def poll(self, flights: list[Flight]) -> list[tuple[Flight, Result]]:
         """The flights whose jobs ended, with their results (one round trip for every
         job's status; full results only for the ended ones). Marks the ones now running."""
         with self.redis.pipeline(transaction=False) as pipe:
@@ -183,7 +184,7 @@ class Jobs:
                 ended.append((flight, result))
         return ended
 
-    def result(self, flight: Flight, status: JobStatus | None = None) -> dict | None:
+    def result(self, flight: Flight, status: JobStatus | None = None) -> Result | None:
         """The result of a job that ended (an infra_error result for a failed one), else None.
         status: already read (the batched poll), so not asked again."""
         job = flight.job
@@ -279,7 +280,7 @@ class Jobs:
             self.log.info("reconcile.adopt", id=exp_id, kind=flight.kind, status=status.value)
         return lost
 
-    def take_ended_in_order(self) -> Iterator[tuple[Flight, dict]]:
+    def take_ended_in_order(self) -> Iterator[tuple[Flight, Result]]:
         """The flights whose jobs already ended, out of flight one at a time (lazily: each
         is taken only when the one before it was handled), candidates first, so that a
         confirmation finds the candidate it confirms held."""

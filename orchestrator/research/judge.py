@@ -23,6 +23,7 @@ from orchestrator.research.policy import Policy
 from orchestrator.research.record import Experiment, Recorder
 from orchestrator.results import best_kept
 from worker import contract
+from worker.contract import Result, Spec
 from worker.vocab import Outcome, RowStatus, RunKind
 
 
@@ -32,7 +33,7 @@ class FollowUp:
 
     then: Then
     flight: Flight | None = None  # CONFIRM: the candidate; RETRY, GIVE_UP: the baseline
-    result: dict | None = None  # CONFIRM: the candidate's first result
+    result: Result | None = None  # CONFIRM: the candidate's first result
     proposal: Proposal | None = None  # REAPPLY: the merged change, on the frontier
     combine: str = ""  # COMBINE: the change the LLM carries over to the frontier
 
@@ -43,8 +44,8 @@ class Judge:
         self.git: GitStore = recorder.git
         self.log = log
         self.best: float | None = None  # mean val_bpb of the frontier, once scored
-        self.parked: list[tuple[Flight, dict]] = []  # candidates waiting for the noise floor
-        self.confirming: dict[str, tuple[Flight, dict]] = {}  # candidate id -> it, result
+        self.parked: list[tuple[Flight, Result]] = []  # candidates waiting for the noise floor
+        self.confirming: dict[str, tuple[Flight, Result]] = {}  # candidate id -> it, result
         self.keeps_since_noise = 0
         self.baseline_failures = 0
         self.failure_tail = ""  # the last failed candidate's output, for the next proposal
@@ -73,7 +74,7 @@ class Judge:
 
     # ----- one finished run -----
     def handle(
-        self, flight: Flight, result: dict, *, noise_pending: bool, stopping: bool
+        self, flight: Flight, result: Result, *, noise_pending: bool, stopping: bool
     ) -> list[FollowUp]:
         result = self._refused(flight.spec, result)
         if flight.kind == RunKind.BASELINE:
@@ -97,7 +98,7 @@ class Judge:
         parked, self.parked = self.parked, []
         return [f for flight, r in parked for f in self._candidate(flight, r, stopping)]
 
-    def _refused(self, spec: dict, result: dict) -> dict:
+    def _refused(self, spec: Spec, result: Result) -> dict:
         """A scored result is taken only when it was scored by this harness on this data."""
         why = decide.refused(result, self.recorder.harness_sha256, self.fingerprint)
         if not why:
@@ -107,7 +108,7 @@ class Judge:
             spec, Outcome.INFRA_ERROR, error=why, worker=result.get("worker")
         )
 
-    def _baseline(self, flight: Flight, result: dict) -> list[FollowUp]:
+    def _baseline(self, flight: Flight, result: Result) -> list[FollowUp]:
         verdict = decide.baseline(result, self.baseline_failures)
         self.record(flight, result, verdict.status)
         if verdict.status == RowStatus.KEEP:
@@ -116,7 +117,7 @@ class Judge:
         self.baseline_failures += 1
         return [FollowUp(verdict.then, flight, result)]
 
-    def _candidate(self, flight: Flight, result: dict, stopping: bool) -> list[FollowUp]:
+    def _candidate(self, flight: Flight, result: Result, stopping: bool) -> list[FollowUp]:
         if result["status"] != Outcome.OK:
             self.failure_tail = result["log_tail"][-4000:]  # the next proposal sees why
         verdict = decide.candidate(
@@ -141,7 +142,7 @@ class Judge:
         self.record(flight, result, verdict.status, verdict.note)
         return []
 
-    def _confirmed(self, confirm: Flight, result: dict, stopping: bool) -> list[FollowUp]:
+    def _confirmed(self, confirm: Flight, result: Result, stopping: bool) -> list[FollowUp]:
         held = self.confirming.pop(confirm.of, None)
         if held is None:  # its candidate was recorded already (should not happen): keep the row
             ok = result["status"] == Outcome.OK
@@ -171,8 +172,8 @@ class Judge:
     def _keep(
         self,
         flight: Flight,
-        result: dict,
-        confirm: tuple[Flight, dict] | None = None,
+        result: Result,
+        confirm: tuple[Flight, Result] | None = None,
         note: str | None = None,
     ) -> list[FollowUp]:
         self.record(flight, result, RowStatus.KEEP, note)
@@ -186,7 +187,7 @@ class Judge:
         return [FollowUp(Then.MEASURE)]
 
     def _stale(
-        self, flight: Flight, result: dict, value: float | None, stopping: bool
+        self, flight: Flight, result: Result, value: float | None, stopping: bool
     ) -> list[FollowUp]:
         """A candidate built on an older frontier: re-applied on the new one when it beat
         its own parent, else discarded."""
@@ -210,7 +211,7 @@ class Judge:
         return []
 
     def record(
-        self, flight: Flight, result: dict, status: RowStatus | None, note: str | None = None
+        self, flight: Flight, result: Result, status: RowStatus | None, note: str | None = None
     ) -> None:
         spec = flight.spec
         run = {k: spec[k] for k in ("seed", "budget", "profile", "fingerprint", "commit")}

@@ -38,6 +38,7 @@ from orchestrator.research.proposing import Proposals
 from orchestrator.research.publish import Publisher, describe_bar
 from orchestrator.research.record import Recorder
 from orchestrator.validate import normalized_hash
+from worker.contract import Result
 from worker.vocab import RowStatus, RunKind
 
 
@@ -371,7 +372,7 @@ class Research:
     def _noise_pending(self) -> bool:
         return self.jobs.in_flight(RunKind.BASELINE) or self.jobs.in_flight(RunKind.NOISE)
 
-    def _judge(self, flight: Flight, result: dict) -> None:
+    def _judge(self, flight: Flight, result: Result) -> None:
         self._follow(
             self.judge.handle(
                 flight, result, noise_pending=self._noise_pending(), stopping=self._stopping()
@@ -398,7 +399,7 @@ class Research:
                 spec = {**f.flight.spec, "id": exp_id}
                 self.jobs.launch(exp_id, RunKind.BASELINE, spec, f.flight.proposal)
 
-    def _launch_confirm(self, flight: Flight, result: dict) -> None:
+    def _launch_confirm(self, flight: Flight, result: Result) -> None:
         """Re-run a would-be keep with another seed, on another worker when there is one."""
         if self.jobs.in_flight(RunKind.CONFIRM, of=flight.id):
             return  # a restarted orchestrator found its confirmation already in flight

@@ -25,6 +25,7 @@ from orchestrator.research.publish import Publisher
 from orchestrator.results import ResultsFile, summary
 from orchestrator.validate import normalized_hash
 from worker import contract
+from worker.contract import Result
 from worker.vocab import Outcome, RowStatus, RunKind
 
 
@@ -53,7 +54,7 @@ class Experiment:
     run: dict | None = None  # what re-runs it exactly (seed, budget, profile, fingerprint, commit)
 
 
-def make_row(exp: Experiment, result: dict, status: RowStatus, note: str | None) -> dict:
+def make_row(exp: Experiment, result: Result, status: RowStatus, note: str | None) -> dict:
     """The results.tsv row (results.COLUMNS) of an experiment and its result."""
     usage = exp.proposal.usage or {}
     mem = result.get("peak_memory_mb")
@@ -168,7 +169,7 @@ class Recorder:
     def record(
         self,
         exp: Experiment,
-        result: dict,
+        result: Result,
         status: RowStatus,
         note: str | None = None,
         best: float | None = None,
@@ -193,7 +194,7 @@ class Recorder:
             description=exp.description,
         )
 
-    def write(self, exp: Experiment, result: dict, status: RowStatus, note: str | None) -> dict:
+    def write(self, exp: Experiment, result: Result, status: RowStatus, note: str | None) -> dict:
         """The experiment's folder and row; a keep first moves the branch to its commit.
         Returns the row as written."""
         folder = self.folder / exp.id
