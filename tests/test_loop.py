@@ -396,7 +396,13 @@ def test_orchestrator_killed_mid_experiment_resumes_without_loss(
     assert sorted(ids) == sorted(set(ids)) == sorted(GitStore(repo).candidate_ids("kill"))
     lost = [r for r in rows if r["status"] == "infra_error"]
     assert all(r["error"].startswith("lost") for r in lost) and len(lost) <= 1
-    assert ids[0] == "0000" and "0001" in ids and len(ids) - len(lost) in (3, 4)
+    # A keep made on under half the frontier's tokens (a loaded machine) is confirmed even
+    # with --no-confirm (the suspicious-jump rule): its confirmation adds a row.
+    again_runs = [r for r in rows if r["status"] == "confirm"]
+    assert all(r["description"].startswith("confirm 0") for r in again_runs)
+    every = [(r["id"], r["status"], r["error"]) for r in rows]
+    assert ids[0] == "0000" and "0001" in ids, every
+    assert len(ids) - len(lost) - len(again_runs) in (3, 4), every
     first = next(r for r in rows if r["id"] == "0001")
     assert first["proposer"] == "mutate" and first["status"] in ("keep", "discard")
     kept = [r["commit"] for r in rows[1:] if r["status"] == "keep"]

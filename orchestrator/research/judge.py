@@ -9,7 +9,6 @@ noise runs of a new frontier, a change re-applied on it, or one for the LLM to c
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,14 +88,15 @@ class Judge:
         if not self.established or noise_pending:
             self.parked.append((flight, result))  # judged once the noise floor is known
             return []
-        return self._candidate(flight, result, stopping)
+        return self.candidate(flight, result, stopping)
 
-    def unpark(self, *, noise_pending: bool, stopping: bool) -> list[FollowUp]:
-        """Candidates that finished before the noise floor was known, once it is."""
+    def unpark(self, *, noise_pending: bool) -> list[tuple[Flight, Result]]:
+        """The candidates that finished before the noise floor was known, once it is (the
+        loop decides them one by one with candidate(), scheduling each one's follow-ups)."""
         if not self.established or noise_pending:
             return []
         parked, self.parked = self.parked, []
-        return [f for flight, r in parked for f in self._candidate(flight, r, stopping)]
+        return parked
 
     def _refused(self, spec: Spec, result: Result) -> dict:
         """A scored result is taken only when it was scored by this harness on this data."""
@@ -117,7 +117,9 @@ class Judge:
         self.baseline_failures += 1
         return [FollowUp(verdict.then, flight, result)]
 
-    def _candidate(self, flight: Flight, result: Result, stopping: bool) -> list[FollowUp]:
+    def candidate(self, flight: Flight, result: Result, stopping: bool) -> list[FollowUp]:
+        """A candidate's own run, once the noise floor is known."""
+        assert self.best is not None  # the baseline scored (established)
         if result["status"] != Outcome.OK:
             self.failure_tail = result["log_tail"][-4000:]  # the next proposal sees why
         verdict = decide.candidate(
@@ -125,7 +127,7 @@ class Judge:
             self.recorder.results.rows(),
             parent=flight.spec["parent"],
             frontier=self.frontier,
-            best=self.best if self.best is not None else math.inf,
+            best=self.best,
             margin=self.margin(),
             confirm=self.policy.confirm,
         )
@@ -149,12 +151,13 @@ class Judge:
             self.record(confirm, result, RowStatus.CONFIRM if ok else result["status"])
             return []
         flight, first = held
+        assert self.best is not None  # a would-be keep was judged against it
         verdict, confirm_status = decide.confirmed(
             first,
             result,
             parent=flight.spec["parent"],
             frontier=self.frontier,
-            best=self.best if self.best is not None else math.inf,
+            best=self.best,
             margin=self.margin(),
             flag=flight.flag,
             confirm_id=confirm.id,

@@ -184,9 +184,8 @@ class Research:
             self._dispatch()  # the freed workers first, then the bookkeeping
         for flight, result in finished:
             self._judge(flight, result)
-        self._follow(
-            self.judge.unpark(noise_pending=self._noise_pending(), stopping=self._stopping())
-        )
+        for flight, result in self.judge.unpark(noise_pending=self._noise_pending()):
+            self._follow(self.judge.candidate(flight, result, self._stopping()))
         if self._stopping():
             self._drop_ready()
             return
@@ -424,7 +423,7 @@ class Research:
             self.recorder.lost(exp_id, self.best)
         for flight, result in self.jobs.take_ended_in_order():
             if flight.kind == RunKind.CANDIDATE and self.jobs.in_flight(RunKind.CONFIRM, flight.id):
-                self.judge.confirming[flight.id] = (flight, result)
+                self.judge.hold(flight, result)
             else:
                 self._judge(flight, result)
 
