@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from datetime import datetime
@@ -23,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gitrepo import make_repo  # noqa: E402
 from rq.job import Job  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
 
@@ -63,21 +63,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def make_repo(repo: Path) -> Path:
-    """A git repository holding this checkout's workspace/train.py in one commit."""
-    (repo / "workspace").mkdir(parents=True)
-    (repo / "workspace" / "train.py").write_text((ROOT / "workspace" / "train.py").read_text())
-    env = {
-        "GIT_AUTHOR_NAME": "b",
-        "GIT_AUTHOR_EMAIL": "b@b",
-        "GIT_COMMITTER_NAME": "b",
-        "GIT_COMMITTER_EMAIL": "b@b",
-    }
-    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "bench"]):
-        subprocess.run(["git", *cmd], cwd=repo, check=True, env={**env, "PATH": "/usr/bin:/bin"})
-    return repo
-
-
 def make_research(
     args: argparse.Namespace,
     profile: Profile,
@@ -107,7 +92,7 @@ def run_experiments(
     args: argparse.Namespace, profile: Profile, fingerprint: str, budget: dict, tmp: Path
 ) -> list[dict]:
     """Run the loop (a private Redis, one local worker) in ``tmp``; its scored experiments."""
-    repo = make_repo(tmp / "repo")
+    repo = make_repo(tmp / "repo", (ROOT / "workspace" / "train.py").read_text())
     runs = tmp / "runs"
     log_file = runs / "bench" / "orchestrator.jsonl"
     logs.tee.open(log_file)

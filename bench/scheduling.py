@@ -60,8 +60,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,6 +70,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gitrepo import make_repo  # noqa: E402
 from rq import Worker  # noqa: E402
 from rq.exceptions import NoSuchJobError  # noqa: E402
 from rq.job import Job  # noqa: E402
@@ -155,21 +154,6 @@ def percentile(values: list[float], p: float) -> float:
         return math.nan
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
-
-
-def make_repo(folder: Path) -> Path:
-    (folder / "workspace").mkdir(parents=True)
-    (folder / "workspace" / "train.py").write_text(SIM_TRAIN_PY)
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "b",
-        "GIT_AUTHOR_EMAIL": "b@b",
-        "GIT_COMMITTER_NAME": "b",
-        "GIT_COMMITTER_EMAIL": "b@b",
-    }
-    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "bench"]):
-        subprocess.run(["git", *cmd], cwd=folder, check=True, env=env)
-    return folder
 
 
 def wait_for_workers(redis, count: int) -> float:
@@ -275,7 +259,7 @@ def run_config(
     budget = scaled_budget(args.scale)
     tag = f"{loop[:3]}-w{workers}-l{latency:g}"
     folder = tmp / tag
-    repo = make_repo(folder / "repo")
+    repo = make_repo(folder / "repo", SIM_TRAIN_PY)
     runs = folder / "runs"
     policy = policy_for(loop, workers, latency, args)
     with PrivateRedis() as server:

@@ -41,12 +41,14 @@ RUN set -eu; \
         echo "runner.Dockerfile: the base has no torch; pass --build-arg TORCH_SPEC=..." >&2; \
         exit 1; }
 
-# torch.compile's Triton builds a small C launcher at the first compiled call: a C compiler
-# and Python's headers must be there (PyTorch's runtime images have neither compiler).
+# torch.compile needs a compiler at its first compiled call: on a GPU Triton builds a small
+# C launcher, on a CPU inductor builds C++ kernels; both need Python's headers (PyTorch's
+# runtime images and python:3.11-slim have no compiler).
 RUN set -eu; \
-    if ! command -v cc >/dev/null 2>&1; then \
+    if ! command -v cc >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1; then \
         apt-get update; \
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            gcc g++ libc6-dev; \
         rm -rf /var/lib/apt/lists/*; \
     fi; \
     python3 -c "import os, sysconfig; h = os.path.join(sysconfig.get_paths()['include'], 'Python.h'); \
