@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -221,9 +222,18 @@ def _wait_for(predicate, timeout_s: float = 120.0, what: str = "condition") -> N
         time.sleep(0.05)
 
 
-def test_ctrl_c_leaves_branch_and_results_consistent(repo, data_dir):
-    import signal
-
+@pytest.mark.parametrize(
+    "signum, code, why",
+    [
+        (signal.SIGINT, 130, "Ctrl-C"),
+        (signal.SIGTERM, 143, "SIGTERM"),
+        (signal.SIGHUP, 129, "SIGHUP"),
+    ],
+)
+def test_a_stop_signal_leaves_branch_and_results_consistent(repo, data_dir, signum, code, why):
+    """Ctrl-C, kill and a closed terminal take the same clean path: what runs is cancelled,
+    the summary printed, the state says stopped and why, the embedded Redis and the local
+    worker stop, nothing of the candidate is left, and the exit code is 128 + the signal."""
     env = clean_env(AUTORESEARCH_DATA_DIR=str(data_dir))
     proc = subprocess.Popen(
         [
@@ -242,12 +252,15 @@ def test_ctrl_c_leaves_branch_and_results_consistent(repo, data_dir):
     try:
         # Interrupt while the first candidate (after the baseline) is training.
         _wait_for(lambda: "@metrics" in _read(runs / "0001" / "output.log"), what="0001 training")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 0, err[-2000:]
-    assert "interrupted" in out
+    assert proc.returncode == code, err[-2000:]
+    assert f"interrupted ({why})" in out
+    state = json.loads((runs / "state.json").read_text())
+    assert (state["status"], state["stop_reason"]) == ("stopped", f"interrupted ({why})")
+    assert not (runs / "redis.url").exists()  # the embedded Redis stopped with the run
     rows = ResultsFile(runs / "results.tsv").rows()
     assert [r["id"] for r in rows] == ["0000"]  # the interrupted experiment has no row
     assert rows[0]["status"] == "keep"

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return _die(str(exc), 2)
     except (DataNotPrepared, RedisUnavailable, GitError, BaselineFailed, NoFreeGpu) as exc:
         return _die(str(exc), 1)
-    except KeyboardInterrupt:
-        return _die("interrupted", 130)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during a run (130, 143, 129)
+        return _die("interrupted", getattr(exc, "exit_code", 130))
     except redis_lib.RedisError as exc:  # e.g. a run's embedded Redis stopped with the run
         return _die(f"Redis: {exc} (a run that ended: its folder still answers)", 1)

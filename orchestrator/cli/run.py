@@ -128,7 +128,7 @@ def _add_scheduling_options(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.gitstore import GitStore
     from orchestrator.redis_server import PrivateRedis, connect
-    from orchestrator.research import Limits, Research, budget_for
+    from orchestrator.research import Limits, Research, budget_for, stopping
 
     s = load_settings(args)
     s.tag = s.tag or time.strftime("%Y%m%d")
@@ -170,7 +170,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             limits=Limits(s.max_experiments, s.max_hours, s.max_cost_usd),
             log=log,
         )
-        summary = research.run()
+        with stopping.on_signals():  # SIGTERM and SIGHUP stop it as Ctrl-C does
+            summary = research.run()
     finally:
         if workers:
             workers.stop()
@@ -179,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             private.stop()
         logs.tee.close()
     _print_summary(summary, git)
-    return 0
+    return research.stopped_by.exit_code if research.stopped_by else 0
 
 
 def _start_local_workers(

@@ -30,6 +30,7 @@ from harness.profiles import Profile
 from orchestrator import defaults, logs, noise
 from orchestrator.gitstore import GitStore
 from orchestrator.proposers.base import Proposal, ProposalRequest, Proposer
+from orchestrator.research import stopping
 from orchestrator.research.decide import Then
 from orchestrator.research.flights import Flight, Jobs
 from orchestrator.research.judge import FollowUp, Judge
@@ -86,6 +87,7 @@ class Research:
         self.harness_sha256 = self.recorder.harness_sha256
         self.started = time.monotonic()
         self.stop_reason = ""
+        self.stopped_by: stopping.Stopped | None = None  # the signal that stopped the run
         self.flights = self.jobs.flights  # id -> Flight, queued or running
         self.ready: deque[Ready] = deque()
         self._workers_at = 0.0
@@ -139,10 +141,11 @@ class Research:
             while not self.done():
                 self.pump()
                 time.sleep(defaults.POLL_INTERVAL_S)
-        except KeyboardInterrupt:
-            self.stop_reason = "interrupted (Ctrl-C)"
+        except KeyboardInterrupt as exc:
+            self.stopped_by = stopping.stopped(exc)
+            self.stop_reason = f"interrupted ({self.stopped_by.why})"
             self.log.warning("run.interrupted", cancelled=sorted(self.flights))
-            self.cancel_all()
+            self.jobs.cancel_all()
         finally:
             self.recorder.bar.close()
         return self.summary()
@@ -390,7 +393,7 @@ class Research:
             elif f.then == Then.COMBINE:
                 self.propose(combine=f.combine)
             elif f.then == Then.GIVE_UP:
-                self.cancel_all()
+                self.jobs.cancel_all()
                 raise BaselineFailed(f"baseline {f.result['status']}: {f.result['error']}")
             elif f.then == Then.RETRY:  # a second try absorbs a one-off hiccup of the host
                 exp_id = self.recorder.new_id()
@@ -426,9 +429,6 @@ class Research:
                 self.judge.hold(flight, result)
             else:
                 self._judge(flight, result)
-
-    def cancel_all(self) -> None:
-        self.jobs.cancel_all()
 
     def summary(self) -> dict[str, Any]:
         out = self.recorder.summary(

@@ -2,17 +2,14 @@
 
 Every experiment ends as exactly one row of results.tsv and one folder (the diff or the
 source, decision.json with the result and what re-runs it). A keep moves the branch; the
-move, decision.json and the row are written with Ctrl-C deferred, so an interrupt never
+move, decision.json and the row are written with stop signals deferred, so a stop never
 leaves a keep without its row or half a row.
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,25 +18,13 @@ from harness import bars
 from orchestrator import defaults
 from orchestrator.gitstore import GitStore
 from orchestrator.proposers.base import Proposal
+from orchestrator.research import stopping
 from orchestrator.research.publish import Publisher
 from orchestrator.results import ResultsFile, summary
 from orchestrator.validate import normalized_hash
 from worker import contract
 from worker.contract import Result
 from worker.vocab import Outcome, RowStatus, RunKind
-
-
-@contextmanager
-def deferred_sigint() -> Iterator[None]:
-    """Hold Ctrl-C until the block is done, then deliver it."""
-    caught: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            raise KeyboardInterrupt
 
 
 @dataclass
@@ -211,7 +196,7 @@ class Recorder:
             "result": result,
             "usage": exp.proposal.usage or {},
         }
-        with deferred_sigint():
+        with stopping.deferred():
             if status == RowStatus.KEEP and exp.commit != exp.parent:
                 self.git.advance(self.tag, exp.commit, self.frontier)
                 self.frontier = exp.commit
