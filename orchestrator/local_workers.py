@@ -2,6 +2,7 @@
 
 Each is a real `autoresearch worker` process in its own session, so the terminal's Ctrl-C
 reaches only the orchestrator, which then stops the running job and the workers in order.
+If the orchestrator dies without that (SIGKILL), the kernel kills them (worker/lifeline.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from worker import lifeline
 from worker.settings import WorkerSettings
 
 
@@ -59,6 +61,7 @@ class LocalWorkers:
                         stdout=out,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
+                        preexec_fn=lifeline.die_with_parent,  # and its horse, and its phase
                     )
                 )
         return self

@@ -195,5 +195,11 @@ def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -
         "hours": hours,  # this session's
         "per_hour": len(session) / hours,
         "running": running,
-        "stop_reason": state.get("stop_reason", ""),
+        # A "running" state nobody has refreshed for minutes: its orchestrator is gone.
+        "stop_reason": state.get("stop_reason", "")
+        or (
+            "stopped (orchestrator gone)"
+            if state.get("status") == "running" and not running
+            else ""
+        ),
     }

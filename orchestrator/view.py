@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -257,17 +259,33 @@ def queue(redis: Any, tag: str) -> dict[str, Any]:
 
 
 def state(redis: Any | None, tag: str, runs_dir: Path | None = None) -> dict[str, str]:
-    """The orchestrator's published state: Redis's hash, else the run folder's copy."""
+    """The orchestrator's published state: Redis's hash, else the run folder's copy; a
+    "running" state whose orchestrator is gone (killed without cleanup) reads as stopped."""
+    found: dict[str, str] = {}
     if redis is not None:
-        found = redis.hgetall(keys.run_state_key(tag))
-        if found:
-            return {as_text(k): as_text(v) for k, v in found.items()}
-    if runs_dir is not None:
+        found = {as_text(k): as_text(v) for k, v in redis.hgetall(keys.run_state_key(tag)).items()}
+    if not found and runs_dir is not None:
         try:
-            return json.loads((runs_dir / tag / defaults.STATE_FILE).read_text())
+            found = json.loads((runs_dir / tag / defaults.STATE_FILE).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             pass
-    return {}
+    if found.get("status") == "running" and orchestrator_gone(found):
+        found = {**found, "status": "stopped", "stop_reason": "stopped (orchestrator gone)"}
+    return found
+
+
+def orchestrator_gone(state: dict[str, str]) -> bool:
+    """True when the state's orchestrator ran on this host and its process is dead. (From
+    another host, the state's age tells: results.summary's "running".)"""
+    if state.get("host") != socket.gethostname() or not state.get("pid", "").isdigit():
+        return False
+    try:
+        os.kill(int(state["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    return False
 
 
 def snapshot(redis: Any | None, tag: str, runs_dir: Path | None) -> dict[str, Any]:

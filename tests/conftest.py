@@ -108,6 +108,19 @@ def processes_under(folder: Path) -> list[int]:
     return found
 
 
+def processes_with(arg: str) -> list[int]:
+    """PIDs with arg as one of their command-line arguments."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and arg.encode() in argv:
+            found.append(int(proc.name))
+    return found
+
+
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args],

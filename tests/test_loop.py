@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -20,7 +21,7 @@ from orchestrator.local_workers import LocalWorkers
 from orchestrator.proposers.llm import LLMProposer
 from orchestrator.research import Policy, Research, budget_for
 from orchestrator.results import ResultsFile
-from tests.conftest import clean_env, git, processes_under
+from tests.conftest import clean_env, git, processes_under, processes_with
 from tests.llm_server import ScriptedLLMServer
 from worker import keys
 from worker.settings import WorkerSettings
@@ -270,6 +271,41 @@ def test_a_stop_signal_leaves_branch_and_results_consistent(repo, data_dir, sign
     )
     # Killed with their worker (PDEATHSIG); a loaded machine takes a few seconds to reap them.
     _wait_for(lambda: not processes_under(runs), timeout_s=30, what="candidate processes to end")
+
+
+def test_a_killed_orchestrator_takes_its_redis_and_workers_along(repo, data_dir):
+    """SIGKILL runs no cleanup: the kernel's parent-death signal ends the embedded
+    redis-server, the local worker, its horse and the candidate; `status` reads the run as
+    stopped (orchestrator gone), not running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "run", "--tag", "kill9", "--train-wall", "30"],
+        cwd=repo,
+        env=clean_env(AUTORESEARCH_DATA_DIR=str(data_dir)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    runs = repo / "workspace/runs/kill9"
+    try:
+        _wait_for(lambda: "@metrics" in _read(runs / "0000" / "output.log"), what="baseline")
+        url = (runs / "redis.url").read_text().strip()
+        assert processes_with(url) and _answers(url)  # the worker (and its horse), the server
+        proc.kill()
+        proc.wait()
+        _wait_for(lambda: not processes_with(url), timeout_s=30, what="the worker to end")
+        _wait_for(lambda: not _answers(url), timeout_s=30, what="redis-server to end")
+        _wait_for(lambda: not processes_under(runs), timeout_s=30, what="the candidate to end")
+    finally:
+        proc.kill()
+    status = cli(repo, data_dir, "status", "--tag", "kill9")
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "run kill9: stopped (orchestrator gone)" in status.stdout
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.ConnectionError:
+        return False
 
 
 def _read(path: Path) -> str:

@@ -8,7 +8,6 @@ an optional cap holds the phase's resident memory.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 
 from harness import boot, cage
 from harness import manifest as mf
+from worker import lifeline
 from worker.runner import (
     HARNESS_DIR,
     PASSTHROUGH_ENV,
@@ -79,7 +79,7 @@ class ProcessRunner(Runner):
         return env
 
     def _preexec(self) -> None:
-        _die_with_parent()
+        lifeline.die_with_parent()  # the horse's death (RQ kills it without our finally)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_FSIZE, (self.limits.file_bytes, self.limits.file_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.limits.open_files, self.limits.open_files))
@@ -124,7 +124,7 @@ class ProcessRunner(Runner):
     def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
         # Orphans of a phase (a daemon that left its process group) become our children, so
         # we can find and kill them; whatever was our child before is left alone.
-        _become_subreaper()
+        lifeline.become_subreaper()
         self._before = _children()
         try:
             return super().run(spec, workdir, emit)
@@ -237,26 +237,6 @@ def _process_table() -> dict[int, tuple[int, int]]:
             except (OSError, IndexError, ValueError):
                 continue
     return table
-
-
-# Loaded here, not in the forked child, where loading a library is not safe.
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL the phase when the worker's process dies (RQ kills its work-horse on a
-    stop command or a job timeout without running our finally)."""
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def _become_subreaper() -> None:
-    if _LIBC is not None:
-        _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def _children(table: dict[int, tuple[int, int]] | None = None) -> set[int]:

@@ -37,11 +37,12 @@ def add_worker(sub: Any) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from rq import Queue, Worker
+    from rq import Queue
     from rq.serializers import JSONSerializer
 
     from orchestrator.redis_server import connect
     from worker import keys
+    from worker.lifeline import Worker
     from worker.settings import WorkerSettings
 
     s = load_settings(args)

@@ -8,6 +8,7 @@ at the next one. The terminal's progress bar is described here too: the same fig
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ class Publisher:
             "z": str(z),
             "min_delta": str(min_delta),
             "host": socket.gethostname(),
+            "pid": str(os.getpid()),  # `status` on this host tells a dead one from a live one
             **state,
         }
         try:

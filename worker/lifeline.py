@@ -1,0 +1,49 @@
+"""A child that dies with its parent (Linux's parent-death signal, prctl PR_SET_PDEATHSIG).
+
+`autoresearch run` on the embedded default starts a redis-server and local workers; each
+worker forks a work horse per job, and the horse starts the phases. A SIGKILL to any of them
+(the OOM killer, `kill -9`) runs no cleanup, so each link asks the kernel to kill it when the
+process above it dies: orchestrator -> redis-server and workers -> horse -> phase. Nothing
+is left running with parent 1 to take the next job from a Redis nobody reads.
+
+The signal follows the *thread* that forked the child: call these from the main thread.
+Elsewhere than Linux they do nothing (and say so in the README's table).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import sys
+from typing import Any
+
+import rq
+
+# Loaded here, not in a forked child, where loading a library is not safe.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+HELD = _LIBC is not None
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """This process gets `sig` when its parent dies (a preexec_fn, or a forked child's
+    first call). It survives exec, so it holds for a redis-server started this way."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, int(sig))
+
+
+def become_subreaper() -> None:
+    """Orphans of this process's descendants are re-parented here, not to init."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+class Worker(rq.Worker):
+    """RQ's forking worker whose work horse dies with it: RQ forks the horse into its own
+    process group, so a SIGKILLed worker would otherwise leave it running the job."""
+
+    def main_work_horse(self, *args: Any, **kwargs: Any) -> None:
+        die_with_parent()
+        super().main_work_horse(*args, **kwargs)
