@@ -11,6 +11,8 @@ DASHBOARD_PORT = 8765
 REDIS_URL_FILE = "redis.url"
 # The run's last published state (noise margin, frontier, ...), beside results.tsv.
 STATE_FILE = "state.json"
+# The embedded Redis's append-only file, in the run folder (a resumed run finds its jobs).
+REDIS_DIR = "redis"
 # How often the loop refreshes its state in Redis between decisions (status's "running").
 STATE_EVERY_S = 5.0
 LLM_MODEL = "gpt-4.1-mini"

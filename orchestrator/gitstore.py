@@ -8,10 +8,12 @@ candidate moves refs/heads/autoresearch/<tag> with a compare-and-swap update-ref
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from orchestrator import defaults
 
@@ -89,6 +91,28 @@ class GitStore:
         commit = self._git("commit-tree", tree, "-p", parent, "-m", message, env=_identity())
         self._git("update-ref", self.candidate_ref(tag, exp_id), commit)
         return commit
+
+    def pinned_candidate(self, tag: str, exp_id: str) -> dict[str, Any] | None:
+        """A pinned candidate's own commit, read back (commit, parent, source, description,
+        proposer, usage from its message: `ID: description` and trailers); None when the
+        pin holds another run's commit (a baseline, noise or confirmation run) or nothing."""
+        commit = self.resolve(self.candidate_ref(tag, exp_id))
+        if commit is None:
+            return None
+        subject, _, body = self._git("log", "-1", "--format=%B", commit).partition("\n")
+        if not subject.startswith(f"{exp_id}: "):
+            return None
+        trailers = dict(
+            line.split(": ", 1) for line in body.splitlines() if ": " in line and line[0] != " "
+        )
+        return {
+            "commit": commit,
+            "parent": self._git("rev-parse", f"{commit}^"),
+            "source": self.read(commit),
+            "description": subject.removeprefix(f"{exp_id}: "),
+            "proposer": trailers.get("Proposer", "?"),
+            "usage": json.loads(trailers.get("Usage", "{}")),
+        }
 
     def pin(self, tag: str, exp_id: str, commit: str) -> None:
         """Point an experiment's candidate ref at an existing commit (the baseline's)."""

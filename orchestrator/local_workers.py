@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 from worker import lifeline
 from worker.settings import WorkerSettings
@@ -78,3 +79,15 @@ class LocalWorkers:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.procs.clear()
+
+
+def forget_dead(connection: Any) -> list[str]:
+    """Unregister every worker of a private Redis that outlived its run (kept on disk in
+    the run folder): they were all this host's local workers, and they died with the run
+    (stopped, or killed with it); left registered, their jobs would wait for them."""
+    from rq import Worker
+
+    dead = Worker.all(connection=connection)
+    for worker in dead:
+        worker.register_death()
+    return [w.name for w in dead]

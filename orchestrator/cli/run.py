@@ -127,6 +127,7 @@ def _add_scheduling_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.gitstore import GitStore
+    from orchestrator.local_workers import forget_dead
     from orchestrator.redis_server import PrivateRedis, connect
     from orchestrator.research import Limits, Research, budget_for, stopping
 
@@ -147,9 +148,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             url = s.redis_url
             log.info("setting.redis", url=url.split("@")[-1])
         else:
-            private = PrivateRedis().start()
+            # Kept in the run folder: a resumed run finds its jobs, results and all.
+            private = PrivateRedis(data_dir=runs_dir / s.tag / defaults.REDIS_DIR).start()
             url = private.url
             log.info("default.redis", why="no REDIS_URL", server=private.binary, url=url)
+            forget_dead(connect(url))
             # `status`, `logs` and `dashboard` in another terminal find it here while it lives.
             url_file = runs_dir / s.tag / defaults.REDIS_URL_FILE
             url_file.parent.mkdir(parents=True, exist_ok=True)
@@ -264,9 +267,10 @@ def _print_summary(summary: dict, git: Any) -> None:
         f"gain:              {fmt(summary['gain'])}",
         f"noise sigma:       {fmt(summary['noise_sigma'])}  (margin {fmt(summary['margin'])})",
         "counts:            " + ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items())),
-        f"{summary['compute_kind']} seconds used:  {summary['compute_seconds']} "
-        f"({summary['experiments_this_session']} experiments, wall {summary['wall_seconds']}s)",
-        f"results:           {summary['results']}",
+        f"this session:      experiments {summary['experiments_this_session']}, repeat runs "
+        f"{summary['repeats_this_session']}, {summary['compute_kind']} "
+        f"{summary['compute_seconds']} s in jobs, wall {summary['wall_seconds']} s",
+        f"results:           {summary['results'] or '(no row yet)'}",
         f"branch:            {summary['branch']}  (git log --oneline {summary['branch']})",
     ]
     print("\n".join(lines))

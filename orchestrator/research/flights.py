@@ -253,9 +253,12 @@ class Jobs:
                 )
 
     def adopt(self, exp_ids: list[str]) -> list[str]:
-        """Take the jobs a killed orchestrator left into flight; returns the ids RQ does not
-        know (never queued, or queued in a private Redis that died with the run)."""
+        """Take the jobs a stopped or killed orchestrator left into flight; returns the ids
+        RQ does not know (never queued, or queued in a Redis that lost them). A job stopped
+        on purpose (cancelled or stopped by Ctrl-C) or orphaned (running on a worker that
+        is gone) is not a failure: it is queued again with the same spec and runs again."""
         lost = []
+        alive = {k.removeprefix(Worker.redis_worker_namespace_prefix) for k in get_keys(self.queue)}
         for exp_id in exp_ids:
             try:
                 job = Job.fetch(
@@ -274,11 +277,32 @@ class Jobs:
                 meta.get("proposer", "?"),
                 meta.get("usage") or {},
             )
+            status = job.get_status(refresh=True)
+            orphan = status == JobStatus.STARTED and job.worker_name not in alive
+            if status in (JobStatus.CANCELED, JobStatus.STOPPED) or orphan:
+                self.log.info("reconcile.rerun", id=exp_id, kind=kind, was=status.value)
+                job.delete()
+                self.launch(exp_id, kind, spec, proposal, of=meta.get("of", ""))
+                continue
             flight = Flight(exp_id, kind, job, spec, proposal, job.origin, meta.get("of", ""))
             self.flights[exp_id] = flight
-            status = job.get_status(refresh=True)
             self.log.info("reconcile.adopt", id=exp_id, kind=flight.kind, status=status.value)
         return lost
+
+    def rerun_pinned(self, exp_id: str, git: Any, seed: int) -> None:
+        """A pinned experiment RQ does not know: a candidate runs again from its commit;
+        a run of a measured commit is unpinned (the loop schedules what it still needs)."""
+        found = git.pinned_candidate(self.tag, exp_id)
+        if found is None:
+            git.unpin(self.tag, exp_id)
+            self.log.info("reconcile.dropped", id=exp_id, why="a repeat run that never ran")
+            return
+        proposal = Proposal(
+            found["source"], found["description"], found["proposer"], found["usage"]
+        )
+        spec = self.spec(exp_id, found["commit"], found["parent"], proposal, seed)
+        self.log.info("reconcile.rerun", id=exp_id, kind=RunKind.CANDIDATE, was="not in Redis")
+        self.launch(exp_id, RunKind.CANDIDATE, spec, proposal)
 
     def take_ended_in_order(self) -> Iterator[tuple[Flight, Result]]:
         """The flights whose jobs already ended, out of flight one at a time (lazily: each

@@ -16,6 +16,7 @@ publish.py tells other hosts, proposing.py makes proposals on threads.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -145,7 +146,9 @@ class Research:
             self.stopped_by = stopping.stopped(exc)
             self.stop_reason = f"interrupted ({self.stopped_by.why})"
             self.log.warning("run.interrupted", cancelled=sorted(self.flights))
-            self.jobs.cancel_all()
+            self.jobs.cancel_all()  # a resumed run runs them again (reconcile)
+            for item in self.ready:  # pinned, so that they run when the run resumes
+                item.commit or self._commit(item)
         finally:
             self.recorder.bar.close()
         return self.summary()
@@ -329,7 +332,9 @@ class Research:
             item.exp_id,
             item.parent,
             proposal.source,
-            f"{item.exp_id}: {proposal.description}",
+            # Enough to run it again from git alone (gitstore.pinned_candidate).
+            f"{item.exp_id}: {proposal.description}\n\nProposer: {proposal.proposer}\n"
+            f"Usage: {json.dumps(proposal.usage or {})}",
         )
         return item
 
@@ -417,13 +422,13 @@ class Research:
         )
 
     def reconcile(self) -> None:
-        """Adopt what a killed orchestrator left in flight: every pinned experiment without a
-        row whose job RQ still knows is awaited (or taken as finished) and recorded once.
-        One whose job is gone (a private Redis died with the run) gets a row saying so."""
+        """Adopt what a stopped or killed orchestrator left in flight: every pinned
+        experiment without a row whose job RQ still knows is awaited (or taken as finished)
+        and recorded once; one cancelled, orphaned or never queued runs again."""
         self.judge.resume()
         recorded = {r["id"] for r in self.results.rows()}
         for exp_id in self.jobs.adopt(sorted(set(self.git.candidate_ids(self.tag)) - recorded)):
-            self.recorder.lost(exp_id, self.best)
+            self.jobs.rerun_pinned(exp_id, self.git, self.seed)
         for flight, result in self.jobs.take_ended_in_order():
             if flight.kind == RunKind.CANDIDATE and self.jobs.in_flight(RunKind.CONFIRM, flight.id):
                 self.judge.hold(flight, result)

@@ -24,7 +24,7 @@ from orchestrator.results import ResultsFile, summary
 from orchestrator.validate import normalized_hash
 from worker import contract
 from worker.contract import Result
-from worker.vocab import Outcome, RowStatus, RunKind
+from worker.vocab import RAN, REPEATS, Outcome, RowStatus, RunKind
 
 
 @dataclass
@@ -45,8 +45,10 @@ def make_row(exp: Experiment, result: Result, status: RowStatus, note: str | Non
     mem = result.get("peak_memory_mb")
     return {
         "commit": exp.commit[:7] if exp.commit else "-",
-        "val_bpb": result.get("val_bpb") or 0.0,
-        "memory_gb": round(mem / 1024, 1) if mem else 0.0,
+        # As the original writes them: a crash's val_bpb is 0.000000 (its notebook drops
+        # crash rows); a row with no score under another status has none, not a made-up 0.
+        "val_bpb": result.get("val_bpb") or (0.0 if status == RowStatus.CRASH else None),
+        "memory_gb": f"{mem / 1024:.1f}" if mem else "0.0",
         "status": status,
         "description": exp.description,
         "id": exp.id,
@@ -114,21 +116,6 @@ class Recorder:
         exp = Experiment(exp_id, "", parent, proposal.description, proposal)
         self.record(exp, result, RowStatus.REJECTED, best=best)
 
-    def lost(self, exp_id: str, best: float | None) -> None:
-        """A pinned experiment whose job Redis does not know: never queued (killed in
-        between), or queued in a private Redis that died with the run. It did not run here;
-        its row says so."""
-        self.log.warning("reconcile.lost", id=exp_id, why="its job is not in Redis")
-        commit = self.git.resolve(self.git.candidate_ref(self.tag, exp_id)) or ""
-        parent = self.git.resolve(f"{commit}^") if commit else None
-        source = self.git.read(commit) if commit else ""
-        result = contract.make_result(
-            {"id": exp_id}, Outcome.INFRA_ERROR, error="lost: its job is not in Redis"
-        )
-        proposal = Proposal(source, "lost", "?")
-        exp = Experiment(exp_id, commit, parent or commit, "lost with the orchestrator", proposal)
-        self.record(exp, result, RowStatus.INFRA_ERROR, best=best)
-
     def summary(self, **session: Any) -> dict[str, Any]:
         """The run's figures as `status` and the report show them (results.summary), with
         this session's (session: margin, compute_kind, wall_seconds, stop_reason)."""
@@ -143,12 +130,17 @@ class Recorder:
             "noise_sigma": seen["noise"]["sigma"],
             "margin": session["margin"],
             "counts": seen["counts"],
-            "experiments_this_session": len(self.session_rows),
+            # Runs of a candidate (rejected and infra_error rows never ran one), and
+            # repeat runs of a measured commit (noise, confirmations), apart.
+            "experiments_this_session": sum(
+                r["status"] in RAN and r["status"] not in REPEATS for r in self.session_rows
+            ),
+            "repeats_this_session": sum(r["status"] in REPEATS for r in self.session_rows),
             "compute_seconds": round(spent, 1),
             "compute_kind": session["compute_kind"],
             "wall_seconds": session["wall_seconds"],
             "stop_reason": session["stop_reason"],
-            "results": str(self.results.path),
+            "results": str(self.results.path) if self.results.path.exists() else "",
         }
 
     def record(
