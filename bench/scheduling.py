@@ -42,7 +42,9 @@ baseline job's end, the moment the loop stops dispatching]:
   candidate (measured gap - latency x scale + latency);
 - queued: the share of those gaps where the next job was already in Redis when the
   worker finished (the rest waited for the loop to decide, propose and enqueue);
-- experiments: every job the configuration ran (all of its runs, the drain included).
+- experiments: every job the configuration ran (all of its runs, the drain included);
+- stale: late winners (won on an older frontier) not carried over (`stale`), over all
+  (`stale` + `reapplied`); `--merge line`: with `git merge-file` alone, as before.
 
 Policies: the parallel loop is Policy() with the defaults (noise_runs 3, confirmation on,
 look-ahead auto: one per 4 workers; --lookahead N changes it) except llm_concurrency = max(8, ceil(2 x W x
@@ -53,7 +55,7 @@ time), so its busy fraction is at most 1 / W. Target: busy >= 0.97 at W = 64 wit
 LLM latency.
 
     python bench/scheduling.py [--workers 1,4,16,64] [--latency 0,30] [--loops parallel,sequential]
-                               [--scale 0.02] [--rounds 3] [--lookahead auto]
+                               [--scale 0.02] [--rounds 3] [--lookahead auto] [--merge line]
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ from rq.serializers import JSONSerializer  # noqa: E402
 
 from harness.manifest import load_manifest  # noqa: E402
 from harness.profiles import get_profile  # noqa: E402
-from orchestrator import defaults, logs  # noqa: E402
+from orchestrator import defaults, gitstore, logs  # noqa: E402
 from orchestrator.gitstore import GitStore  # noqa: E402
 from orchestrator.local_workers import LocalWorkers  # noqa: E402
 from orchestrator.proposers.base import Proposal, ProposalRequest  # noqa: E402
@@ -292,6 +294,8 @@ def run_config(
         "kinds": dict(Counter(s.kind for s in spans)),
         "rows": len(rows),
         "stop_reason": research.stop_reason,
+        # Winners on an older frontier: re-applied on the new one, or stale (conflicting).
+        "late": Counter(r["status"] for r in rows if r["status"] in ("reapplied", "stale")),
     }
 
 
@@ -374,6 +378,9 @@ def parse_args() -> argparse.Namespace:
         "--lookahead", type=parse_lookahead, default="auto", help="N, or auto (the default)"
     )
     parser.add_argument("--data-dir", type=Path, default=default_data_root() / "cpu")
+    parser.add_argument(
+        "--merge", choices=("finer", "line"), default="finer", help="line: git merge-file alone"
+    )
     return parser.parse_args()
 
 
@@ -410,6 +417,7 @@ def print_table(results: list[dict]) -> None:
         "queued",
         "experiments",
         "llm conc.",
+        "stale",
     )
     print("| " + " | ".join(cols) + " |")
     print("|---" * len(cols) + "|")
@@ -426,8 +434,15 @@ def print_table(results: list[dict]) -> None:
             f"{r['queued']:.0%}",
             str(r["experiments"]),
             str(r["llm_concurrency"]) if r["loop"] == "parallel" else "-",
+            _stale(r["late"]),
         )
         print("| " + " | ".join(cells) + " |")
+
+
+def _stale(late: Counter) -> str:
+    """Stale winners over all winners on an older frontier (stale + re-applied)."""
+    total = late["stale"] + late["reapplied"]
+    return f"{late['stale']}/{total}" if total else "-"
 
 
 def print_summary(results: list[dict]) -> None:
@@ -451,6 +466,8 @@ def print_summary(results: list[dict]) -> None:
 
 def main() -> int:
     args = parse_args()
+    if args.merge == "line":
+        gitstore.finer_merge = lambda base, ours, theirs: None
     try:
         fingerprint = load_manifest(args.data_dir)["fingerprint"]
     except FileNotFoundError:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import defaults
+from orchestrator.merge import finer_merge
 
 
 class GitError(RuntimeError):
@@ -78,8 +79,20 @@ class GitStore:
             raise GitError(f"commit {commit[:12]} has no {self.train_path}") from None
 
     def commit_candidate(
-        self, tag: str, exp_id: str, parent: str, source: str, message: str
+        self,
+        tag: str,
+        exp_id: str,
+        parent: str,
+        source: str,
+        description: str,
+        proposer: str = "?",
+        usage: dict | None = None,
     ) -> str:
+        """Commit a candidate's train.py on its parent and pin it. Its message holds what
+        runs it again from git alone (pinned_candidate): `ID: description` and trailers."""
+        message = (
+            f"{exp_id}: {description}\n\nProposer: {proposer}\nUsage: {json.dumps(usage or {})}"
+        )
         blob = self._git("hash-object", "-w", "--stdin", input=source)
         with tempfile.TemporaryDirectory(prefix="autoresearch-index-") as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
@@ -142,8 +155,9 @@ class GitStore:
         return self._git("diff", old, new, "--", self.train_path, strip=False)
 
     def merge3(self, base: str, ours: str, theirs: str) -> str | None:
-        """Three-way merge of train.py texts (`git merge-file`): theirs' change from base
-        re-applied on ours. None when the two changes conflict."""
+        """Three-way merge of train.py texts: theirs' change from base re-applied on ours
+        (`git merge-file`, then orchestrator/merge.py where lines touch but changes do not
+        collide). None when the two changes collide."""
         with tempfile.TemporaryDirectory(prefix="autoresearch-merge-") as tmp:
             paths = []
             for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
@@ -158,7 +172,9 @@ class GitStore:
             )
         if proc.returncode < 0 or proc.returncode > 127:
             raise GitError(f"git merge-file: {proc.stderr.strip()}")
-        return proc.stdout if proc.returncode == 0 else None
+        if proc.returncode == 0:
+            return proc.stdout
+        return finer_merge(base, ours, theirs)  # the lines touch: by constant, by hunk
 
 
 def _identity() -> dict[str, str]:

@@ -122,7 +122,7 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=lifeline.die_with_parent,  # a SIGKILLed orchestrator takes it along
+            preexec_fn=lifeline.preexec(),  # a SIGKILLed orchestrator takes it along
         )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
         deadline = time.monotonic() + self._timeout

@@ -36,7 +36,13 @@ def test_commit_candidate_parent_content_and_ref(repo):
     # The only change from the parent is train.py.
     changed = git(repo, "diff", "--name-only", parent, commit).split()
     assert changed == [TRAIN]
-    assert git(repo, "log", "-1", "--format=%s", commit).strip() == "LR 0.03 -> 0.06"
+    assert git(repo, "log", "-1", "--format=%s", commit).strip() == "exp-1: LR 0.03 -> 0.06"
+    # Read back from git alone, for a resumed run that has only the pin.
+    found = store.pinned_candidate("t1", "exp-1")
+    assert (found["commit"], found["parent"], found["source"]) == (commit, parent, NEW_SOURCE)
+    assert (found["description"], found["proposer"], found["usage"]) == ("LR 0.03 -> 0.06", "?", {})
+    store.pin("t1", "exp-2", parent)  # a repeat run's pin: not a candidate of its own
+    assert store.pinned_candidate("t1", "exp-2") is None
     # Pinned under refs/autoresearch/<tag>/candidates/<id>.
     ref = "refs/autoresearch/t1/candidates/exp-1"
     assert git(repo, "rev-parse", ref).strip() == commit

@@ -96,7 +96,7 @@ class DockerRunner(Runner):
             self.client = client or docker.from_env()
             self.client.ping()
         except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise InfraError(f"docker engine unreachable: {exc}") from None
+            raise InfraError(f"Docker engine unreachable (is it running?): {exc}") from None
 
     def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
         fields = super().run(spec, workdir, emit)
@@ -186,6 +186,11 @@ class DockerRunner(Runner):
                 ],
                 stdin_open=waits,
             )
+        except docker.errors.ImageNotFound:
+            raise InfraError(
+                f"runner image {self.image} not found: build it (docker build -f "
+                f"docker/runner.Dockerfile -t {self.image} .) or set AUTORESEARCH_RUNNER_IMAGE"
+            ) from None
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise InfraError(f"cannot create the {phase} container: {exc}") from None
 

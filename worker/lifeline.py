@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import signal
 import sys
+import threading
 from typing import Any
 
 import rq
@@ -32,6 +33,12 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
     first call). It survives exec, so it holds for a redis-server started this way."""
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_PDEATHSIG, int(sig))
+
+
+def preexec() -> Any:
+    """A Popen preexec_fn for a child that dies with this process: die_with_parent from
+    the main thread; from another thread, None (the signal would follow that thread)."""
+    return die_with_parent if threading.current_thread() is threading.main_thread() else None
 
 
 def become_subreaper() -> None:

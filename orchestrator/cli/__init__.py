@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.redis_server import RedisUnavailable
     from orchestrator.research import BaselineFailed
     from worker.gpu_claim import NoFreeGpu
+    from worker.runner import InfraError
 
     try:
         return COMMANDS[args.command](args)
@@ -113,5 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         return _die(str(exc), 1)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during a run (130, 143, 129)
         return _die("interrupted", getattr(exc, "exit_code", 130))
+    except InfraError as exc:  # the host's: e.g. no Docker engine, no runner image
+        return _die(str(exc), 1)
+    except OSError as exc:  # e.g. a runs folder that cannot be written, a full disk
+        where = f": {exc.filename}" if exc.filename else ""
+        return _die(f"{exc.strerror or exc}{where}", 1)
     except redis_lib.RedisError as exc:  # e.g. a run's embedded Redis stopped with the run
         return _die(f"Redis: {exc} (a run that ended: its folder still answers)", 1)

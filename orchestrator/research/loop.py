@@ -16,7 +16,6 @@ publish.py tells other hosts, proposing.py makes proposals on threads.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -327,14 +326,9 @@ class Research:
             return None
         item.exp_id = item.exp_id or self.recorder.new_id()
         item.source_hash = source_hash
+        p = proposal
         item.commit = self.git.commit_candidate(
-            self.tag,
-            item.exp_id,
-            item.parent,
-            proposal.source,
-            # Enough to run it again from git alone (gitstore.pinned_candidate).
-            f"{item.exp_id}: {proposal.description}\n\nProposer: {proposal.proposer}\n"
-            f"Usage: {json.dumps(proposal.usage or {})}",
+            self.tag, item.exp_id, item.parent, p.source, p.description, p.proposer, p.usage
         )
         return item
 
