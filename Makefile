@@ -2,9 +2,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The torch requirement; a CPU-only machine can point pip at PyTorch's CPU wheels instead:
-#   make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
+# The torch build: on Linux without an NVIDIA GPU (no nvidia-smi), PyTorch's CPU wheels
+# (about 1.4 GB installed, not the 5.9 GB of CUDA libraries); elsewhere the package index's
+# default (CUDA on Linux). Either can be chosen: make demo TORCH_INDEX= (the default index)
+# or TORCH_INDEX=https://download.pytorch.org/whl/cpu.
 TORCH_SPEC ?= torch>=2.4,<3
+ifeq ($(shell uname -s)$(shell command -v nvidia-smi),Linux)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+endif
 TAG ?= demo-$(shell date +%Y%m%d-%H%M%S)
 EXPERIMENTS ?= 9
 
@@ -15,7 +20,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)" \
+		$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 

@@ -113,3 +113,28 @@ def test_cli_run_with_unreachable_redis_exits_1(repo, tmp_path, data_dir):
         check=True,
     ).stdout
     assert refs == ""
+
+
+def test_rq_tools_read_a_run_with_the_json_serializer(redis_server, redis_client):
+    """README: jobs are stored as JSON (RQ's JSONSerializer, not pickle), so RQ's own
+    command-line tools read them when given `-S rq.serializers.JSONSerializer`."""
+    import json
+    import zlib
+    from pathlib import Path
+
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from worker import contract, keys
+
+    queue = Queue(keys.QUEUE_NAME, connection=redis_client, serializer=JSONSerializer)
+    queue.enqueue_call(contract.JOB_FUNC, args=({"id": "0007"},), job_id="t-0007")
+    data = json.loads(zlib.decompress(redis_client.hget("rq:job:t-0007", "data")))
+    assert data[0] == contract.JOB_FUNC and data[2] == [{"id": "0007"}]
+    rq = Path(sys.executable).parent / "rq"
+    args = ["info", "-u", redis_server.url, "-S", "rq.serializers.JSONSerializer", "--only-queues"]
+    proc = subprocess.run([str(rq), *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        proc.stdout.startswith(f"{keys.QUEUE_NAME} |") and "1 queues, 1 jobs total" in proc.stdout
+    )

@@ -183,3 +183,14 @@ def test_tail_text_zero_rows_is_the_header_alone(results):
     for i in range(3):
         results.append({"commit": f"c{i}", "status": "discard"})
     assert results.tail_text(0) == "\t".join(COLUMNS)
+
+
+def test_the_readme_lists_every_results_column_in_order():
+    import re
+    from pathlib import Path
+
+    from orchestrator.results import COLUMNS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = re.search(r"All columns: `([^`]+)`", readme)
+    assert listed and tuple(listed.group(1).split()) == COLUMNS
