@@ -44,7 +44,8 @@ baseline job's end, the moment the loop stops dispatching]:
   worker finished (the rest waited for the loop to decide, propose and enqueue);
 - experiments: every job the configuration ran (all of its runs, the drain included);
 - stale: late winners (won on an older frontier) not carried over (`stale`), over all
-  (`stale` + `reapplied`); `--merge line`: with `git merge-file` alone, as before.
+  (`stale` + `reapplied`); `--merge line`: with `git merge-file` alone, as before;
+  `--score hash`: wins come from any constant, not only SIM_VAL_BPB (worker/simulate.py).
 
 Policies: the parallel loop is Policy() with the defaults (noise_runs 3, confirmation on,
 look-ahead auto: one per 4 workers; --lookahead N changes it) except llm_concurrency = max(8, ceil(2 x W x
@@ -261,7 +262,8 @@ def run_config(
     budget = scaled_budget(args.scale)
     tag = f"{loop[:3]}-w{workers}-l{latency:g}"
     folder = tmp / tag
-    repo = make_repo(folder / "repo", SIM_TRAIN_PY)
+    drop = "SIM_VAL_BPB = 1.0\n" if args.score == "hash" else ""  # hash: scored by the text
+    repo = make_repo(folder / "repo", SIM_TRAIN_PY.replace(drop, ""))
     runs = folder / "runs"
     policy = policy_for(loop, workers, latency, args)
     with PrivateRedis() as server:
@@ -381,6 +383,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--merge", choices=("finer", "line"), default="finer", help="line: git merge-file alone"
     )
+    parser.add_argument("--score", choices=("constant", "hash"), default="constant")
     return parser.parse_args()
 
 
