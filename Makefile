@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The torch build: on Linux without an NVIDIA GPU (no nvidia-smi), PyTorch's CPU wheels
-# (about 1.4 GB installed, not the 5.9 GB of CUDA libraries); elsewhere the package index's
-# default (CUDA on Linux). Either can be chosen: make demo TORCH_INDEX= (the default index)
-# or TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+# (about 1.4 GB installed, not the 5.9 GB of CUDA libraries) when their index answers;
+# else, and elsewhere, the package index's default (CUDA on Linux). Either can be chosen:
+# make demo TORCH_INDEX= (the default index) or TORCH_INDEX=https://download.pytorch.org/whl/cpu.
 TORCH_SPEC ?= torch>=2.4,<3
 ifeq ($(shell uname -s)$(shell command -v nvidia-smi),Linux)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -20,8 +20,11 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)" \
-		$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -c "import torch" 2>/dev/null \
+		|| $(if $(TORCH_INDEX),$(BIN)/python -m pip install -q --retries 1 --timeout 20 \
+			"$(TORCH_SPEC)" --index-url $(TORCH_INDEX) \
+		|| (echo "$(TORCH_INDEX) unreachable: torch from the default index"; false) \
+		||) $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 

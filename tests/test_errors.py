@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import clean_env, git
 
 TRAIN = Path(__file__).resolve().parents[1] / "workspace" / "train.py"
@@ -50,27 +52,17 @@ def test_a_full_disk_during_a_run(repo, data_dir):
     assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""  # nothing lost
 
 
-def test_docker_not_running(repo, data_dir):
-    proc = autoresearch(
-        repo,
-        data_dir,
-        "evaluate",
-        str(TRAIN),
-        "--runner",
-        "docker",
-        DOCKER_HOST="unix:///nonexistent/docker.sock",
-    )
-    assert "Docker engine unreachable (is it running?)" in one_line(proc)
-
-
-def test_a_missing_runner_image(repo, data_dir):
-    proc = autoresearch(
-        repo,
-        data_dir,
-        "evaluate",
-        str(TRAIN),
-        "--runner",
-        "docker",
-        AUTORESEARCH_RUNNER_IMAGE="autoresearch-missing:0",
-    )
-    assert "runner image autoresearch-missing:0 not found: build it" in one_line(proc)
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"DOCKER_HOST": "unix:///nonexistent/docker.sock"}, "Docker engine unreachable"),
+        (
+            {"AUTORESEARCH_RUNNER_IMAGE": "autoresearch-missing:0"},
+            "runner image autoresearch-missing:0 not found: build it",
+        ),
+    ],
+    ids=["docker-not-running", "runner-image-missing"],
+)
+def test_docker_runner_without_docker_or_its_image(repo, data_dir, env, says):
+    proc = autoresearch(repo, data_dir, "evaluate", str(TRAIN), "--runner", "docker", **env)
+    assert says in one_line(proc)

@@ -214,6 +214,19 @@ def test_crash_keeps_branch_and_loop_goes_on(
     assert r.git.resolve(r.git.branch("t")).startswith(last["commit"])
 
 
+def start(repo: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+    """`autoresearch ARGS` in the background, its output dropped, Ctrl-C reaching it (a
+    shell's background job would inherit SIGINT ignored)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def _wait_for(predicate, timeout_s: float = 120.0, what: str = "condition") -> None:
     """Poll a condition of the real system (not a fixed sleep); fail after timeout_s."""
     import time
@@ -279,13 +292,8 @@ def test_a_killed_orchestrator_takes_its_redis_and_workers_along(repo, data_dir)
     """SIGKILL runs no cleanup: the kernel's parent-death signal ends the embedded
     redis-server, the local worker, its horse and the candidate; `status` reads the run as
     stopped (orchestrator gone), not running."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "run", "--tag", "kill9", "--train-wall", "30"],
-        cwd=repo,
-        env=clean_env(AUTORESEARCH_DATA_DIR=str(data_dir)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    env = clean_env(AUTORESEARCH_DATA_DIR=str(data_dir))
+    proc = start(repo, env, "run", "--tag", "kill9", "--train-wall", "30")
     runs = repo / "workspace/runs/kill9"
     try:
         _wait_for(lambda: "@metrics" in _read(runs / "0000" / "output.log"), what="baseline")
@@ -310,14 +318,7 @@ def test_a_run_resumed_after_ctrl_c_runs_what_was_cancelled(repo, data_dir):
     args = ["run", "--tag", "res", "--train-wall", "8", "--eval-wall", "20"]
     args += ["--noise-runs", "3", "--no-confirm", "--sequential"]
     env = clean_env(AUTORESEARCH_DATA_DIR=str(data_dir))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=repo,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = start(repo, env, *args)
     runs = repo / "workspace/runs/res"
     try:
         _wait_for(lambda: "@metrics" in _read(runs / "0001" / "output.log"), what="noise 0001")
@@ -472,13 +473,7 @@ def test_orchestrator_killed_mid_experiment_resumes_without_loss(
     ]
     env = clean_env(AUTORESEARCH_DATA_DIR=str(data_dir), REDIS_URL=redis_server.url)
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            cwd=repo,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start(repo, env, *args)
         try:
             _wait_for(lambda: "@metrics" in _read(runs / "0001" / "output.log"), what="0001 runs")
         finally:
