@@ -157,7 +157,9 @@ def test_missing_image_is_an_infrastructure_error(client, data_dir, tmp_path):
     from worker.runner import InfraError
 
     runner = make_runner(client, "autoresearch-no-such-image:latest", data_dir)
-    with pytest.raises(InfraError, match="container"):
+    with pytest.raises(
+        InfraError, match="runner image autoresearch-no-such-image:latest not found"
+    ):
         run(runner, tmp_path, TINY_TRAIN)
 
 

@@ -54,7 +54,7 @@ def test_run_end_to_end_then_resume(repo, data_dir):
         repo, data_dir, "run", "--tag", "e2e", "--max-experiments", "2", "--seed", "1", *RUN_FAST
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "best val_bpb:" in proc.stdout and "CPU seconds used:" in proc.stdout
+    assert "best val_bpb:" in proc.stdout and "this session:      experiments " in proc.stdout
     # Each embedded default is announced.
     for event in ("default.profile", "default.redis", "default.proposer", "default.workers"):
         assert event in proc.stderr
