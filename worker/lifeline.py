@@ -25,8 +25,6 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
-HELD = _LIBC is not None
-
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
     """This process gets `sig` when its parent dies (a preexec_fn, or a forked child's

@@ -152,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             private = PrivateRedis(data_dir=runs_dir / s.tag / defaults.REDIS_DIR).start()
             url = private.url
             log.info("default.redis", why="no REDIS_URL", server=private.binary, url=url)
-            forget_dead(connect(url))
+            log.info("redis.workers_forgotten", names=forget_dead(connect(url)))
             # `status`, `logs` and `dashboard` in another terminal find it here while it lives.
             url_file = runs_dir / s.tag / defaults.REDIS_URL_FILE
             url_file.parent.mkdir(parents=True, exist_ok=True)
