@@ -71,7 +71,7 @@ class Settings:
     seed: int = 0
     local_workers: int | None = None
     runner: str = "process"
-    gpu: int | str | None = None  # an index, or "auto": claim a free GPU of this host
+    gpu: int | str | None = None  # an index, "auto": claim a free GPU of this host, or "all"
     gpus: int | None = None  # GPUs on this host for gpu="auto" (default: nvidia-smi's); 0: CPU
     host: str | None = None  # a stable id of this host (default: its hostname)
     train_wall_s: float | None = None
@@ -137,10 +137,10 @@ def parse_lookahead(v: str) -> int | str:
 
 
 def parse_gpu(v: str) -> int | str | None:
-    """A GPU index, or "auto"."""
+    """A GPU index, "auto" (claim one) or "all" (a worker each: `autoresearch worker` only)."""
     if v == "":
         return None
-    if v == "auto":
+    if v in ("auto", "all"):
         return v
     index = int(v)
     if index < 0:
@@ -271,8 +271,8 @@ def check(s: Settings) -> None:
         raise bad("llm_temperature", "must be between 0 and 2")
     if not (s.llm_price_in >= 0 and s.llm_price_out >= 0):
         raise SettingsError("llm prices must be 0 or more")
-    if s.gpu is not None and s.gpu != "auto" and not (isinstance(s.gpu, int) and s.gpu >= 0):
-        raise bad("gpu", "must be a GPU index (0 or more) or auto")
+    if s.gpu not in (None, "auto", "all") and not (isinstance(s.gpu, int) and s.gpu >= 0):
+        raise bad("gpu", "must be a GPU index (0 or more), auto or all")
     if s.gpus is not None and s.gpus < 0:
         raise bad("gpus", "must be 0 (no GPU: run on the CPU) or more")
     if s.train_wall_s is not None and s.train_wall_s < 5:

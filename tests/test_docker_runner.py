@@ -153,6 +153,25 @@ def test_a_new_worker_removes_orphans(client, image, data_dir):
         kept.remove(force=True)
 
 
+def test_cpu_replicas_keep_each_others_containers(client, image, data_dir, monkeypatch):
+    """Workers without a GPU share a host's labels: a starting replica removes only the
+    containers of workers that are gone, not those of a live one beside it."""
+    runner = make_runner(client, image, data_dir)
+    made = {}
+    for worker in ("alive", "dead"):
+        monkeypatch.setenv("AUTORESEARCH_WORKER", worker)
+        made[worker] = client.containers.create(image, ["/nothing"], labels=runner.create_labels())
+    try:
+        assert runner.cleanup_orphans(live_workers=["alive", "me"]) == [made["dead"].name]
+        assert made["alive"].name in [c.name for c in client.containers.list(all=True)]
+    finally:
+        for container in made.values():
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+
 def test_missing_image_is_an_infrastructure_error(client, data_dir, tmp_path):
     from worker.runner import InfraError
 

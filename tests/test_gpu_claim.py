@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 import time
@@ -110,3 +112,72 @@ def test_no_gpu_host_runs_on_the_cpu(redis_server, redis_client, data_dir, tmp_p
     assert '"event": "worker.no_gpu"' in proc.stderr
     assert '"gpu": null' in proc.stderr
     assert redis_client.keys("autoresearch:gpu:*") == []
+
+
+def _events(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_gpu_all_starts_one_worker_per_gpu_each_on_its_own(
+    redis_server, redis_client, data_dir, tmp_path
+):
+    """`--gpu all` on a host of 3 GPUs: three workers, each holding its own GPU's claim; a
+    SIGTERM to the parent reaches them all, and each releases its claim."""
+    from tests.conftest import clean_env
+
+    env = clean_env(
+        AUTORESEARCH_DATA_DIR=str(data_dir),
+        AUTORESEARCH_GPUS="3",
+        AUTORESEARCH_HOST="h",
+        REDIS_URL=redis_server.url,
+    )
+    err = tmp_path / "stderr"
+    with open(err, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "worker", "--gpu", "all"],
+            cwd=tmp_path,
+            env=env,
+            stderr=fh,
+        )
+    try:
+        deadline = time.monotonic() + 90
+
+        def up() -> int:
+            return sum(e["event"] == "worker.start" for e in _events(err.read_text()))
+
+        while len(redis_client.keys("autoresearch:gpu:h:*")) < 3 or up() < 3:
+            assert proc.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, err.read_text()[-3000:]
+    events = _events(err.read_text())
+    assert sorted(e["gpu"] for e in events if e["event"] == "worker.gpu_claimed") == [0, 1, 2]
+    started = [e for e in events if e["event"] == "worker.start"]
+    assert len({e["name"] for e in started}) == 3 and {e["host"] for e in started} == {"h"}
+    assert redis_client.keys("autoresearch:gpu:*") == []  # each released its own
+
+
+def test_gpu_all_on_a_host_without_gpus_is_one_cpu_worker(
+    redis_server, redis_client, data_dir, tmp_path
+):
+    from tests.conftest import clean_env
+
+    env = clean_env(
+        AUTORESEARCH_DATA_DIR=str(data_dir),
+        AUTORESEARCH_GPUS="0",
+        REDIS_URL=redis_server.url,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "worker", "--gpu", "all", "--burst"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = _events(proc.stderr)
+    assert [e["gpu"] for e in events if e["event"] == "worker.start"] == [None]
+    assert not [e for e in events if e["event"] in ("worker.gpu_claimed", "worker.per_gpu")]

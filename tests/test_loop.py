@@ -101,6 +101,24 @@ def test_run_end_to_end_then_resume(repo, data_dir):
     assert "+" in (repo / "workspace/runs/e2e/0001/candidate.diff").read_text()
     log = (repo / "workspace/runs/e2e/orchestrator.jsonl").read_text().splitlines()
     assert any(json.loads(line)["event"] == "run.end" for line in log)
+    # The worker's own log (its stderr: what `docker compose logs worker` shows) has each
+    # experiment's start, progress (step and loss) and end (status, val_bpb), with its id.
+    worker_log = [
+        json.loads(line)
+        for line in (repo / "workspace/runs/e2e/worker-0.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    for r in rows:
+        mine = [e for e in worker_log if e.get("id") == r["id"] and e.get("tag") == "e2e"]
+        kinds = [e["event"] for e in mine]
+        assert kinds[0] == "experiment.start" and kinds[-1] == "experiment.end", kinds
+        end = mine[-1]
+        assert end["status"] and "val_bpb" in end, end
+        if r["val_bpb"]:
+            assert end["val_bpb"] == pytest.approx(float(r["val_bpb"]), abs=1e-5)
+        assert any(
+            e["event"] == "experiment.progress" and {"step", "loss"} <= e.keys() for e in mine
+        ), kinds
 
     # A second run on the same tag resumes: no second baseline, ids continue.
     proc = cli(repo, data_dir, "run", "--tag", "e2e", "--max-experiments", "1", *RUN_FAST)

@@ -8,7 +8,8 @@ limits (swap equal to memory), the worker's own GPU only, and no secret in the e
 
 The engine is reached through its socket, so bind-mount sources must be paths of the
 engine's host. A worker running in a container sees other paths: `path_map` rewrites a
-prefix as the worker sees it into the host's (AUTORESEARCH_HOST_PATHS=/in=/host,...).
+prefix as the worker sees it into the host's (AUTORESEARCH_HOST_PATHS=/in=/host,...), which
+the worker learns from its own container (worker/engine.py) unless it is given.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from docker.types import DeviceRequest, Mount
+from docker.types import Mount
 
 import docker
 from harness import boot
 from harness import manifest as mf
+from worker import engine
 from worker.runner import HARNESS_ROOT, Emit, InfraError, Limits, PhaseOutcome, Runner, pump_lines
 
 LABEL = "autoresearch"
@@ -35,6 +37,9 @@ IN_HARNESS = "/opt/autoresearch"
 IN_CANDIDATE = "/candidate/train.py"
 IN_DATA = "/data"
 IN_SCRATCH = "/scratch"
+ENV_HOST_PATHS = "AUTORESEARCH_HOST_PATHS"
+ENV_WORKER = "AUTORESEARCH_WORKER"  # the worker's name, a label of its containers
+ENV_HARNESS = "AUTORESEARCH_HARNESS_ROOT"  # the folder holding the harness/ phases mount
 
 
 def _default_memory() -> int:
@@ -83,6 +88,7 @@ class DockerRunner(Runner):
         extra_mounts: Iterable[str] = (),
         path_map: dict[str, str] | None = None,
         host: str | None = None,
+        harness_root: Path | None = None,
         client: docker.DockerClient | None = None,
     ):
         super().__init__(data_dir, limits, gpu)
@@ -92,6 +98,7 @@ class DockerRunner(Runner):
         self.extra_mounts = list(extra_mounts)
         self.path_map = path_map or {}
         self.host = host or socket.gethostname()
+        self.harness_root = harness_root or HARNESS_ROOT
         try:
             self.client = client or docker.from_env()
             self.client.ping()
@@ -126,13 +133,18 @@ class DockerRunner(Runner):
     def labels(self) -> dict[str, str]:
         return {LABEL: "1", f"{LABEL}.host": self.host, f"{LABEL}.gpu": str(self.gpu)}
 
+    def create_labels(self) -> dict[str, str]:
+        """The labels, and the worker that started the container (AUTORESEARCH_WORKER)."""
+        worker = os.environ.get(ENV_WORKER, "")
+        return {**self.labels(), f"{LABEL}.worker": worker} if worker else self.labels()
+
     def _mounts(self, phase: str, workdir: Path) -> list[Mount]:
         def ro(target: str, source: Path | str) -> Mount:
             return Mount(target, self.host_path(source), type="bind", read_only=True)
 
         split = mf.TRAIN_DIR if phase == "train" else mf.VAL_DIR
         return [
-            ro(f"{IN_HARNESS}/harness", HARNESS_ROOT / "harness"),
+            ro(f"{IN_HARNESS}/harness", self.harness_root / "harness"),
             ro(IN_CANDIDATE, workdir / "train.py"),
             ro(f"{IN_DATA}/{mf.MANIFEST}", self.data_dir / mf.MANIFEST),
             ro(f"{IN_DATA}/{mf.TOKENIZER_DIR}", self.data_dir / mf.TOKENIZER_DIR),
@@ -145,11 +157,7 @@ class DockerRunner(Runner):
         for folder in (workdir / "scratch", workdir / "scratch" / "tmp"):
             folder.chmod(0o777)  # the container's non-root user writes here (TMPDIR too)
         memory = self.limits.memory_bytes or _default_memory()
-        gpus = (
-            [DeviceRequest(device_ids=[str(self.gpu)], capabilities=[["gpu"]])]
-            if self.gpu is not None
-            else []
-        )
+        gpus = engine.gpu_request(self.gpu)
         try:
             return self.client.containers.create(
                 self.image,
@@ -157,7 +165,7 @@ class DockerRunner(Runner):
                     self.python, "harness.entry", argv, boot=f"{IN_HARNESS}/harness/boot.py"
                 ),
                 name=f"{LABEL}-{phase}-{uuid.uuid4().hex[:12]}",
-                labels=self.labels(),
+                labels=self.create_labels(),
                 mounts=self._mounts(phase, workdir),
                 working_dir=IN_SCRATCH,
                 # No secret; TMPDIR (and the compile caches under it) in the scratch,
@@ -257,11 +265,18 @@ class DockerRunner(Runner):
             return -9  # classified as `oom`, like a SIGKILL from the kernel's OOM killer
         return -(code - 128) if code > 128 else code  # 128+N: killed by signal N
 
-    def cleanup_orphans(self) -> list[str]:
-        """Remove containers of this host and GPU left by a worker that died."""
+    def cleanup_orphans(self, live_workers: Iterable[str] | None = None) -> list[str]:
+        """Remove containers of this host and GPU left by a worker that died.
+
+        A GPU is claimed by one worker at a time, so its containers are all orphans. CPU
+        workers share "no GPU": given the live workers' names, a CPU container started by a
+        live worker (another replica on this host) is kept."""
         filters = {"label": [f"{k}={v}" for k, v in self.labels().items()]}
+        live = set(live_workers or ())
         removed = []
         for container in self.client.containers.list(all=True, filters=filters):
+            if self.gpu is None and container.labels.get(f"{LABEL}.worker") in live:
+                continue
             _remove(container)
             removed.append(container.name)
         return removed
@@ -288,6 +303,7 @@ def from_env(data_dir: Path, limits: Limits, gpu: int | None) -> DockerRunner:
         image=image,
         python=os.environ.get("AUTORESEARCH_RUNNER_PYTHON", "python3"),
         extra_mounts=mounts,
-        path_map=parse_path_map(os.environ.get("AUTORESEARCH_HOST_PATHS", "")),
+        path_map=parse_path_map(os.environ.get(ENV_HOST_PATHS, "")),
         host=os.environ.get("AUTORESEARCH_HOST") or None,
+        harness_root=Path(os.environ[ENV_HARNESS]) if os.environ.get(ENV_HARNESS) else None,
     )

@@ -52,6 +52,10 @@ def check_fingerprint(spec: Spec, data_dir: Path) -> None:
         )
 
 
+PROGRESS_LOG_EVERY_S = 10.0
+PROGRESS_FIELDS = ("step", "loss", "tokens", "tok_per_s", "elapsed_s", "remaining_s")
+
+
 class ExperimentLog:
     """One experiment's trail: raw output.log, structured log.jsonl and its Redis streams
     (the experiment's and the run's)."""
@@ -67,6 +71,10 @@ class ExperimentLog:
                 structlog.processors.JSONRenderer(),
             ],
         ).bind(id=exp_id)
+        # The worker's own log (its stdout/stderr: what `docker compose logs worker` shows):
+        # each event, and one progress line per PROGRESS_LOG_EVERY_S at most.
+        self.console = structlog.get_logger("autoresearch").bind(tag=tag, id=exp_id)
+        self.progress_at = 0.0
         self.redis, self.tag, self.exp_id = redis, tag, exp_id
 
     def publish(self, kind: str, phase: str, text: str) -> None:
@@ -88,13 +96,29 @@ class ExperimentLog:
             except json.JSONDecodeError:
                 metrics = {"raw": line}
             self.log.info("metrics", phase=phase, **metrics if isinstance(metrics, dict) else {})
+            if isinstance(metrics, dict):
+                self.progress(phase, metrics)
             self.publish("metrics", phase, line[len(codes.METRICS_PREFIX) :])
         else:
             self.log.info("output", phase=phase, line=line)
             self.publish("line", phase, line)
 
+    def progress(self, phase: str, metrics: dict[str, Any]) -> None:
+        """A few of the candidate's numbers, throttled: its output is not to flood our log."""
+        now = time.monotonic()
+        if now - self.progress_at < PROGRESS_LOG_EVERY_S:
+            return
+        self.progress_at = now
+        shown = {
+            k: v if isinstance(v, int | float) else str(v)[:40]
+            for k, v in metrics.items()
+            if k in PROGRESS_FIELDS
+        }
+        self.console.info("experiment.progress", phase=phase, **shown)
+
     def event(self, event: str, **fields: Any) -> None:
         self.log.info(event, **fields)
+        self.console.info(event, **fields)
         self.publish("event", "", json.dumps({"event": event, **fields}, default=str))
 
     def close(self) -> None:
@@ -109,7 +133,13 @@ def run_experiment(spec: Spec) -> Result:
     """RQ entry point: refuse a bad spec, run the candidate, return the result dict."""
     contract.check_spec(spec)
     settings = WorkerSettings.from_env()
-    check_fingerprint(spec, settings.data_dir)
+    try:
+        check_fingerprint(spec, settings.data_dir)
+    except contract.FingerprintMismatch as exc:
+        structlog.get_logger("autoresearch").error(
+            "experiment.refused", tag=spec["tag"], id=spec["id"], why=str(exc)
+        )
+        raise
     job = get_current_job()
     redis = job.connection if job is not None else None
     worker_name = (job.worker_name if job is not None else None) or socket.gethostname()

@@ -93,7 +93,9 @@ def _die(message: str, code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `worker --gpu all` starts its per-GPU workers with the same options
     logs.configure()
     import redis as redis_lib
 

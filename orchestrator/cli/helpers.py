@@ -25,9 +25,19 @@ class CommandError(Exception):
 
 def gpu_arg(value: str) -> int | str | None:
     try:
+        gpu = st.parse_gpu(value)
+    except ValueError:
+        gpu = "bad"
+    if gpu in ("all", "bad"):
+        raise argparse.ArgumentTypeError("must be a GPU index (0 or more) or auto")
+    return gpu
+
+
+def worker_gpu_arg(value: str) -> int | str | None:
+    try:
         return st.parse_gpu(value)
     except ValueError:
-        raise argparse.ArgumentTypeError("must be a GPU index (0 or more) or auto") from None
+        raise argparse.ArgumentTypeError("must be a GPU index (0 or more), auto or all") from None
 
 
 def lookahead_arg(value: str) -> int | str:

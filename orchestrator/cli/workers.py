@@ -1,11 +1,19 @@
 """`autoresearch worker`: serve experiments from a run's Redis as an RQ worker, on one GPU
-(given, or claimed through Redis with --gpu auto) or on the CPU."""
+(given, or claimed through Redis with --gpu auto) or on the CPU; `--gpu all` starts one such
+worker per GPU this host has (one on the CPU if it has none).
+
+With the docker runner, what is not given is learnt from the engine (worker/engine.py): the
+host's name, its GPUs (a probe container), and, in a container, the host paths of its mounts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
+import subprocess
+import sys
 from typing import Any
 
 from orchestrator import logs
@@ -15,9 +23,9 @@ from orchestrator.cli.helpers import (
     add_runner,
     announce_cage,
     data_fingerprint,
-    gpu_arg,
     load_settings,
     resolve_profile,
+    worker_gpu_arg,
 )
 
 
@@ -27,9 +35,11 @@ def add_worker(sub: Any) -> None:
     p.add_argument("--redis-url", help="Redis of the run (default: REDIS_URL)")
     p.add_argument(
         "--gpu",
-        type=gpu_arg,
+        type=worker_gpu_arg,
         help="the one GPU this worker uses: an index, or auto to claim a free one of this host "
-        "through Redis (AUTORESEARCH_GPUS of them); default: none, CPU",
+        "through Redis; all: one worker per GPU of this host (one on the CPU if none). The "
+        "GPUs: AUTORESEARCH_GPUS, else nvidia-smi, else (docker runner) a probe container. "
+        "Default: none, CPU",
     )
     p.add_argument("--name", help="worker name (default: host-gpu-pid)")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
@@ -37,29 +47,44 @@ def add_worker(sub: Any) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from rq import Queue
-    from rq.serializers import JSONSerializer
-
-    from orchestrator.redis_server import connect
-    from worker import keys
-    from worker.lifeline import Worker
-    from worker.settings import WorkerSettings
-
     s = load_settings(args)
     url = s.redis_url or os.environ.get("REDIS_URL")
     if not url:
         raise st.SettingsError("redis_url: a worker needs --redis-url or REDIS_URL")
     log = logs.get()
+    if s.runner == "docker":
+        _learn_from_engine(s, log)
+    host = s.host or socket.gethostname()
+    gpu = s.gpu
+    count = _count_gpus(s, log) if gpu in ("auto", "all") else None
+    if count == 0:
+        gpu = None
+    elif gpu == "all":
+        return _one_per_gpu(args, count, log)
+    return _serve(args, s, url, host, gpu, count, log)
+
+
+def _serve(
+    args: argparse.Namespace,
+    s: st.Settings,
+    url: str,
+    host: str,
+    gpu: int | str | None,
+    count: int | None,
+    log: Any,
+) -> int:
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from orchestrator.redis_server import connect
+    from worker import keys
+    from worker.serving import Worker
+    from worker.settings import WorkerSettings
+
     profile, data_dir = resolve_profile(s, log)
     fingerprint = data_fingerprint(data_dir)
     redis = connect(url)
-    host = s.host or socket.gethostname()
     claim = None
-    gpu = s.gpu
-    count = (s.gpus if s.gpus is not None else _count_gpus()) if gpu == "auto" else None
-    if count == 0:
-        gpu = None
-        log.info("worker.no_gpu", why="AUTORESEARCH_GPUS=0: runs on the CPU, claims nothing")
     if gpu == "auto":
         from worker.gpu_claim import GpuClaim
 
@@ -76,22 +101,33 @@ def cmd_worker(args: argparse.Namespace) -> int:
             memory_gb=s.memory_gb,
         )
         os.environ.update(wsettings.to_env())
+        name = args.name or _name(host, gpu)
         if s.runner == "docker":
+            from worker.docker_runner import ENV_WORKER
             from worker.jobs import make_runner
 
+            os.environ[ENV_WORKER] = name
+            _publish_harness(wsettings, log)
             # A worker that died left its containers behind; this host and GPU's are ours.
-            removed = make_runner(wsettings).cleanup_orphans()
+            live = [w.name for w in Worker.all(connection=redis, serializer=JSONSerializer)]
+            removed = make_runner(wsettings).cleanup_orphans(live)
             log.info("worker.orphans_removed", count=len(removed), names=removed)
-        name = args.name or f"{host}-{'cpu' if gpu is None else f'gpu{gpu}'}-{os.getpid()}"
         queues = [
             Queue(q, connection=redis, serializer=JSONSerializer)
             for q in (keys.worker_queue(name), keys.QUEUE_NAME)
         ]
-        worker = Worker(queues, connection=redis, name=name, serializer=JSONSerializer)
+        worker = Worker(
+            queues,
+            connection=redis,
+            name=name,
+            serializer=JSONSerializer,
+            fingerprint=fingerprint,
+        )
         announce_cage(log, s.runner)
         log.info(
             "worker.start",
             name=name,
+            host=host,
             gpu=gpu,
             runner=s.runner,
             profile=profile.name,
@@ -105,8 +141,125 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count_gpus() -> int:
-    count = st.count_gpus()
-    if not count:
-        raise st.SettingsError("gpus: --gpu auto needs AUTORESEARCH_GPUS (no nvidia-smi found)")
+def _name(host: str, gpu: int | None) -> str:
+    """host-gpuN-pid; in a container (its own hostname), the container's name goes in too:
+    replicas on one host have the same host and, often, the same pid."""
+    own = socket.gethostname() if os.path.exists("/.dockerenv") else ""
+    parts = [host, own if own != host else "", "cpu" if gpu is None else f"gpu{gpu}"]
+    return "-".join(p for p in [*parts, str(os.getpid())] if p)
+
+
+def _count_gpus(s: st.Settings, log: Any) -> int:
+    """AUTORESEARCH_GPUS, else nvidia-smi's count, else (docker runner) a probe container's."""
+    if s.gpus is not None:
+        why = f"AUTORESEARCH_GPUS={s.gpus}"
+        count = s.gpus
+    elif count := st.count_gpus():
+        why = "nvidia-smi"
+    elif s.runner == "docker":
+        from worker import engine
+
+        count, why = engine.count_gpus(engine.client(), _runner_image())
+    else:
+        raise st.SettingsError(
+            "gpus: --gpu auto/all needs AUTORESEARCH_GPUS (no nvidia-smi found, not the docker runner)"
+        )
+    os.environ["AUTORESEARCH_GPUS"] = str(count)  # what the per-GPU workers are told
+    if count == 0:
+        log.info("worker.no_gpu", why=f"{why}: runs on the CPU, claims nothing")
+    else:
+        log.info("worker.gpus", count=count, why=why)
     return count
+
+
+def _runner_image() -> str:
+    return os.environ.get("AUTORESEARCH_RUNNER_IMAGE", "autoresearch-runner:latest")
+
+
+def _learn_from_engine(s: st.Settings, log: Any) -> None:
+    """The host's name and, in a container, the host paths of this container's mounts, from
+    the engine, unless given (AUTORESEARCH_HOST, AUTORESEARCH_HOST_PATHS)."""
+    from worker import docker_runner, engine
+
+    try:
+        client = engine.client()
+        if not s.host:
+            s.host = os.environ["AUTORESEARCH_HOST"] = engine.host_name(client)
+        if os.environ.get(docker_runner.ENV_HOST_PATHS) is None:
+            own = engine.own_container(client)
+            if own is not None:
+                mounts = engine.mount_map(own)
+                os.environ[docker_runner.ENV_HOST_PATHS] = ",".join(
+                    f"{inside}={host}" for inside, host in mounts.items() if inside != "/"
+                )
+                log.info("worker.host_paths", container=own.name, mounts=mounts)
+    except Exception as exc:  # the engine's own errors come in many types
+        from worker.runner import InfraError
+
+        raise InfraError(f"Docker engine unreachable (is it running?): {exc}") from None
+
+
+def _publish_harness(wsettings: Any, log: Any) -> None:
+    """In a container whose harness lies in its image, not under a mount, the engine cannot
+    mount it into phases: publish a copy under the runs folder (a mount) and use that."""
+    from worker import docker_runner, engine
+    from worker.runner import HARNESS_ROOT
+
+    mapped = os.environ.get(docker_runner.ENV_HOST_PATHS, "")
+    if not mapped or os.environ.get(docker_runner.ENV_HARNESS):
+        return
+    mounts = docker_runner.parse_path_map(mapped)
+    if engine.under(HARNESS_ROOT, mounts):
+        return
+    root = engine.publish_harness(HARNESS_ROOT / "harness", wsettings.runs_dir / ".harness")
+    os.environ[docker_runner.ENV_HARNESS] = str(root)
+    log.info("worker.harness_published", path=str(root))
+
+
+def _one_per_gpu(args: argparse.Namespace, count: int, log: Any) -> int:
+    """`--gpu all`: one `worker --gpu auto` per GPU, each claiming its own, as children that
+    die with this process. SIGTERM/SIGINT/SIGHUP are passed on; when one child fails, the
+    others are stopped and its exit code is ours (a restart policy then starts them all)."""
+    from worker import lifeline
+
+    argv = [sys.executable, "-m", "orchestrator.cli", *_without_gpu(args.argv)]
+    procs = []
+    for i in range(count):
+        extra = ["--gpu", "auto"] + (["--name", f"{args.name}-{i}"] if args.name else [])
+        procs.append(subprocess.Popen([*argv, *extra], preexec_fn=lifeline.preexec()))
+    log.info("worker.per_gpu", count=count, pids=[p.pid for p in procs])
+    stopping = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    code = 0
+    while procs:
+        pid, status = os.wait()
+        done = next((p for p in procs if p.pid == pid), None)
+        if done is None:
+            continue
+        procs.remove(done)
+        done.returncode = os.waitstatus_to_exitcode(status)
+        code = code or done.returncode
+        if not stopping and done.returncode != 0:
+            log.warning("worker.child_ended", pid=pid, code=done.returncode, stopping_all=True)
+            forward(signal.SIGTERM, None)
+    return code
+
+
+def _without_gpu(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--gpu", "--name"):
+            skip = True
+        elif not arg.startswith(("--gpu=", "--name=")):
+            out.append(arg)
+    return out

@@ -1,0 +1,41 @@
+"""A worker whose prepared data differs from a run's leaves that run's jobs to others."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from rq import Queue, Retry
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
+
+from tests.conftest import clean_env
+from worker import keys
+
+
+def test_a_worker_with_other_data_puts_the_job_back_untouched(
+    redis_server, redis_client, data_dir, tmp_path
+):
+    queue = Queue(keys.QUEUE_NAME, connection=redis_client, serializer=JSONSerializer)
+    spec = {"tag": "t", "id": "0007", "fingerprint": "0123456789abcdef"}
+    job = queue.enqueue("worker.jobs.run_experiment", spec, retry=Retry(max=2))
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "worker", "--burst"],
+        cwd=tmp_path,
+        env=clean_env(AUTORESEARCH_DATA_DIR=str(data_dir), REDIS_URL=redis_server.url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    refused = [
+        json.loads(line)
+        for line in proc.stderr.splitlines()
+        if line.startswith("{") and '"worker.refused"' in line
+    ]
+    assert len(refused) == 1 and (refused[0]["tag"], refused[0]["id"]) == ("t", "0007")
+    assert "differs from the run's 0123456789abcdef" in refused[0]["why"]
+    job.refresh()
+    assert job.get_status() == JobStatus.QUEUED and queue.job_ids == [job.id]
+    assert job.retries_left == 2  # no retry spent on a refusal
