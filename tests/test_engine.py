@@ -57,6 +57,8 @@ def test_an_engine_without_a_gpu_runtime_counts_no_gpu(client, image):  # noqa: 
     count, why = engine.count_gpus(client, image)
     assert count == 0
     assert "could not select device driver" in why, why
+    # The probe container the engine refused to start is not left behind.
+    assert client.containers.list(all=True, filters={"label": "autoresearch.probe"}) == []
 
 
 def test_a_worker_in_a_container_learns_its_host_paths(client, image, tmp_path):  # noqa: F811

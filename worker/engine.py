@@ -58,20 +58,28 @@ def count_gpus(engine: docker.DockerClient, image: str) -> tuple[int, str]:
 
     An engine without the NVIDIA runtime refuses the request ("could not select device
     driver"): that host has no GPU for candidates, so 0."""
+    container = None
     try:
-        out = engine.containers.run(
+        container = engine.containers.create(
             image,
             ["python3", "-c", PROBE],
             device_requests=gpu_request(-1),
             network_mode="none",
-            remove=True,
-            stdout=True,
-            stderr=False,
+            labels={"autoresearch.probe": "gpus"},
         )
+        container.start()
+        container.wait(timeout=120)
+        out = container.logs(stdout=True, stderr=False)
     except docker.errors.ImageNotFound:
         raise
     except (docker.errors.DockerException, requests.RequestException) as exc:
         return 0, f"the engine gives no GPU to a container: {str(exc).splitlines()[0][:200]}"
+    finally:
+        if container is not None:  # a refused start leaves it created: removed either way
+            try:
+                container.remove(force=True)
+            except (docker.errors.DockerException, requests.RequestException):
+                pass
     text = out.decode(errors="replace").strip().splitlines()
     count = int(text[-1]) if text and text[-1].isdigit() else 0
     return count, f"a probe container of {image} sees {count} GPU(s)"

@@ -4,8 +4,9 @@ data differs from the run's.
 
 Every spec carries the fingerprint of the data the orchestrator scores against. A worker
 with other data (another profile, another source) must not score it, and must not burn the
-job's retries refusing it either: it puts the job back at the front of its queue, where an
-idle worker with that data takes it at once, says so in one log line per fingerprint, and
+job's retries refusing it either: it puts the job back at the front of the shared queue
+(also a job given to this worker alone, which nobody else would take from its own queue),
+where an idle worker with that data takes it at once, says so in one log line per fingerprint, and
 pauses before taking a job again (in burst mode, it stops). The horse checks the fingerprint once more (worker/jobs.py).
 """
 
@@ -15,8 +16,9 @@ import time
 from typing import Any
 
 import structlog
+from rq import Queue
 
-from worker import lifeline
+from worker import keys, lifeline
 
 REFUSED_PAUSE_S = 10.0
 
@@ -37,7 +39,10 @@ class Worker(lifeline.Worker):
         if self.fingerprint is None or theirs in (None, self.fingerprint):
             super().execute_job(job, queue)
             return
-        queue.push_job_id(job.id, at_front=True)
+        # Back at the shared queue's front, also when it came from this worker's own queue
+        # (a confirmation the orchestrator gave this worker): there nobody else would take it.
+        shared = Queue(keys.QUEUE_NAME, connection=self.connection, serializer=self.serializer)
+        shared.enqueue_job(job, at_front=True)
         if theirs not in self.refused:
             self.refused.add(theirs)
             spec = job.args[0]
