@@ -42,8 +42,9 @@ lint: install
 bench: install
 	$(BIN)/python bench/overhead.py
 
-# The compose stack on one machine without a GPU (docker/smoke.sh: its settings, e.g.
-# SMOKE_SKIP_BUILD=1, REDIS_IMAGE, RUNNER_BASE and RUNNER_TORCH_SPEC, come from the environment).
+# The compose stack on one machine without a GPU, three projects, checked end to end
+# (docker/smoke.sh: its settings, e.g. SMOKE_LOCAL_BASE=1 to pull no image, come from the
+# environment).
 compose-smoke:
 	bash docker/smoke.sh
 

@@ -1,43 +1,51 @@
 #!/usr/bin/env bash
-# `make compose-smoke`: the whole compose stack on one machine without a GPU, in a few minutes.
+# `make compose-smoke`: the whole compose stack on one machine without a GPU, checked end to end.
 #
-# Builds autoresearch-app:latest and autoresearch-runner:latest (SMOKE_SKIP_BUILD=1 reuses
-# them), then, with PROFILE=cpu SOURCE=local MAX_EXPERIMENTS=2 PROPOSER=mutate, a temporary
-# AUTORESEARCH_HOME and a throwaway clone of this repo as REPO_DIR, starts the stack as project
-# autoresearch-smoke, waits for the orchestrator to exit and checks: its exit code is 0,
-# runs/<TAG>/results.tsv has 3 rows (baseline + 2) with a val_bpb on the baseline, the branch
-# autoresearch/<TAG> exists in the clone and no candidate container is left. It always tears
-# the stack down (down -v) and removes its temporary folders (SMOKE_KEEP=1 keeps the folders).
+# Three compose projects on this machine, with nothing set but what a CPU smoke test needs
+# (PROFILE=cpu SOURCE=local PROPOSER=mutate MAX_EXPERIMENTS, and folders and ports of its own):
+#   a  the run: compose.yaml + docker/publish-redis.yaml, `up --scale worker=3`;
+#   b  another host's stand-in: compose.yaml + docker/join.yaml, its own data folder and
+#      host name, joining a's Redis through host.docker.internal;
+#   c  like b, but its data is another profile's (gpu): its worker must refuse a's jobs.
+# b's and c's workers are up before a's loop starts. Checks, after a's orchestrator exits:
+#   - exit code 0; results.tsv has the baseline and at least 2 experiments;
+#   - the branch autoresearch/main holds exactly the kept rows' commits, in order;
+#   - the workers' own logs (`docker compose logs worker`) carry each experiment's start,
+#     progress (step, loss) and end (status, val_bpb) with its id;
+#   - each of a's 3 workers and b's worker ran an experiment; c's logged one refusal line
+#     and ran none;
+#   - `docker compose exec orchestrator autoresearch status` answered during the run, and so
+#     did the dashboard on its port;
+#   - after `down`, no candidate container is left.
+# It always tears the projects down (down -v) and removes its temporary folders.
 #
 # Settings (environment):
-#   APP_BASE            base of the app image (default: the Dockerfile's, python:3.11-slim)
-#   RUNNER_BASE         base of the runner image (default: compose's, the CUDA PyTorch image)
-#   RUNNER_TORCH_SPEC   pip arguments installing torch in the runner (default: none), e.g.
-#                       RUNNER_BASE=python:3.11-slim \
-#                       RUNNER_TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cpu"
-#   REDIS_IMAGE         the Redis image (default: redis:7-alpine)
-#   SMOKE_SKIP_BUILD=1  reuse the existing images instead of building them
-#   SMOKE_TIMEOUT_S     how long to wait for the orchestrator (default: 720)
+#   SMOKE_LOCAL_BASE=1  build every image from a local Debian base (docker/base.sh), pulling
+#                       from no registry: the host's CA bundle (PIP_CERT, SSL_CERT_FILE or
+#                       REQUESTS_CA_BUNDLE, if set) goes to docker/certs/, and the CPU torch
+#                       wheel of the project's venv to docker/wheels/ (this is what CI runs)
+#   SMOKE_SKIP_BUILD=1  reuse autoresearch-app:latest and autoresearch-runner:latest
+#   APP_BASE, RUNNER_BASE, RUNNER_TORCH_SPEC, REDIS_IMAGE   as in .env.example
+#   SMOKE_EXPERIMENTS   MAX_EXPERIMENTS of the run (default 6)
+#   SMOKE_TIMEOUT_S     how long to wait for the orchestrator (default 900)
+#   SMOKE_KEEP=1        keep the temporary folders
 #   COMPOSE             the compose command (default: `docker compose`, else `docker-compose`)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 repo_root=$(pwd)
-
-project=autoresearch-smoke
-timeout_s=${SMOKE_TIMEOUT_S:-720}
+start_s=$(date +%s)
+timeout_s=${SMOKE_TIMEOUT_S:-900}
+experiments=${SMOKE_EXPERIMENTS:-6}
 app_image=autoresearch-app:latest
 runner_image=autoresearch-runner:latest
-redis_image=${REDIS_IMAGE:-redis:7-alpine}
-runner_base=${RUNNER_BASE:-pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime}
-runner_torch_spec=${RUNNER_TORCH_SPEC:-}
-host_name=smoke
 
 say() { printf 'smoke: %s\n' "$*"; }
 fail() {
     printf '\nsmoke: FAILED: %s\n' "$*" >&2
     exit 1
 }
+took() { echo "$(($(date +%s) - $1)) s"; }
 
 if [ -n "${COMPOSE:-}" ]; then
     read -r -a compose_cmd <<<"$COMPOSE"
@@ -49,176 +57,269 @@ else
     fail "neither 'docker compose' nor 'docker-compose' found"
 fi
 docker info >/dev/null 2>&1 || fail "no Docker engine answers (docker info)"
-
-start_s=$(date +%s)
+command -v python3 >/dev/null || fail "python3 is needed for the checks"
 
 # --- images ---
+build_s=$(date +%s)
+if [ "${SMOKE_LOCAL_BASE:-0}" = 1 ]; then
+    bash docker/base.sh || fail "docker/base.sh (the local Debian base)"
+    APP_BASE=${APP_BASE:-autoresearch-debian:bookworm}
+    RUNNER_BASE=${RUNNER_BASE:-autoresearch-debian:bookworm}
+    REDIS_IMAGE=${REDIS_IMAGE:-autoresearch-redis:local}
+    for bundle in "${PIP_CERT:-}" "${SSL_CERT_FILE:-}" "${REQUESTS_CA_BUNDLE:-}"; do
+        if [ -n "$bundle" ] && [ -f "$bundle" ]; then
+            cp "$bundle" docker/certs/host.crt
+            say "the host's CA bundle ($bundle) goes into the images: docker/certs/host.crt"
+            break
+        fi
+    done
+    if [ -z "${RUNNER_TORCH_SPEC:-}" ]; then
+        torch_version=$(.venv/bin/python -c 'import torch; print(torch.__version__)') ||
+            fail "no torch in .venv (make install first)"
+        if ! ls docker/wheels/torch-"${torch_version/+/%2B}"-*.whl docker/wheels/torch-"$torch_version"-*.whl >/dev/null 2>&1; then
+            .venv/bin/pip download -q --no-deps --only-binary=:all: -d docker/wheels "torch==$torch_version" ||
+                .venv/bin/pip download -q --no-deps --only-binary=:all: -d docker/wheels \
+                    --extra-index-url https://download.pytorch.org/whl/cpu "torch==$torch_version" ||
+                fail "pip download torch==$torch_version"
+        fi
+        RUNNER_TORCH_SPEC="torch==$torch_version"
+    fi
+fi
 if [ "${SMOKE_SKIP_BUILD:-0}" = 1 ]; then
     say "SMOKE_SKIP_BUILD=1: reusing $app_image and $runner_image"
-    for image in "$app_image" "$runner_image"; do
-        docker image inspect "$image" >/dev/null 2>&1 || fail "image $image not found (build it, or unset SMOKE_SKIP_BUILD)"
-    done
 else
     app_args=()
     [ -n "${APP_BASE:-}" ] && app_args+=(--build-arg "BASE=$APP_BASE")
+    runner_args=(--build-arg "TORCH_SPEC=${RUNNER_TORCH_SPEC:-}")
+    [ -n "${RUNNER_BASE:-}" ] && runner_args+=(--build-arg "BASE=$RUNNER_BASE")
     say "building $app_image${APP_BASE:+ on $APP_BASE}"
-    docker build -f docker/app.Dockerfile "${app_args[@]}" -t "$app_image" . ||
+    docker build -q -f docker/app.Dockerfile "${app_args[@]}" -t "$app_image" . >/dev/null ||
         fail "building $app_image"
-    say "building $runner_image on $runner_base${runner_torch_spec:+ (torch: $runner_torch_spec)}"
-    docker build -f docker/runner.Dockerfile --build-arg "BASE=$runner_base" \
-        --build-arg "TORCH_SPEC=$runner_torch_spec" -t "$runner_image" . ||
+    say "building $runner_image${RUNNER_BASE:+ on $RUNNER_BASE}${RUNNER_TORCH_SPEC:+ (torch: $RUNNER_TORCH_SPEC)}"
+    docker build -q -f docker/runner.Dockerfile "${runner_args[@]}" -t "$runner_image" . >/dev/null ||
         fail "building $runner_image"
 fi
-docker image inspect "$redis_image" >/dev/null 2>&1 ||
-    say "note: $redis_image is not here; compose will try to pull it (REDIS_IMAGE picks another)"
+for image in "$app_image" "$runner_image"; do
+    docker image inspect "$image" >/dev/null 2>&1 || fail "image $image not found"
+done
+build_took=$(($(date +%s) - build_s))
+say "images ready in $build_took s"
 
-# --- temporary home, clone and env file ---
-tag=smoke-$(date +%Y%m%d-%H%M%S)
+# --- folders, ports, the projects ---
 work=$(mktemp -d "${TMPDIR:-/tmp}/autoresearch-smoke.XXXXXX")
-home=$work/home
+chmod 0755 "$work"
 clone=$work/repo
-env_file=$work/smoke.env
-mkdir -p "$home"
-# The services run as this user; the candidate containers (uid 1000) read what it writes.
-chmod 0755 "$work" "$home"
+git clone --quiet "$repo_root" "$clone" || fail "git clone of $repo_root"
+if [ "$(id -u)" = 0 ]; then
+    # As root, the repo of a user: the services must drop to its owner (docker/entrypoint.sh).
+    chown -R 1000:1000 "$clone"
+fi
+git_() { git -c safe.directory='*' -C "$clone" "$@"; }
+start_commit=$(git_ rev-parse HEAD)
 
-compose() { "${compose_cmd[@]}" -p "$project" --env-file "$env_file" -f compose.yaml -f docker/smoke.override.yaml "$@"; }
-
-print_logs() {
-    say "--- service logs (last 60 lines each) ---"
-    compose logs --no-color --tail 60 2>&1 || true
+free_port() {
+    local port
+    for _ in $(seq 1 100); do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+    fail "no free port"
 }
+redis_port=$(free_port)
+dashboard_port=$(free_port)
+password=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+engine_host=$(docker info -f '{{.Name}}')
+
+common=(PROFILE=cpu SOURCE=local REPO_DIR="$clone" REDIS_PASSWORD="$password"
+    REDIS_PORT="$redis_port" ${REDIS_IMAGE:+REDIS_IMAGE="$REDIS_IMAGE"})
+compose_in() { # project, files..., --, compose arguments
+    local project=$1 files=() vars
+    shift
+    while [ "$1" != -- ]; do
+        files+=(-f "$1")
+        shift
+    done
+    shift
+    case $project in
+    a) vars=(AUTORESEARCH_HOME="$work/a" PROPOSER=mutate MAX_EXPERIMENTS="$experiments"
+        DASHBOARD_PORT="$dashboard_port") ;;
+    b) vars=(AUTORESEARCH_HOME="$work/b" AUTORESEARCH_HOST=smoke-b REDIS_HOST=host.docker.internal) ;;
+    c) vars=(AUTORESEARCH_HOME="$work/c" AUTORESEARCH_HOST=smoke-c REDIS_HOST=host.docker.internal
+        PROFILE=gpu GPUS=0) ;;
+    esac
+    env "${common[@]}" "${vars[@]}" "${compose_cmd[@]}" -p "autoresearch-smoke-$project" \
+        --project-directory "$repo_root" "${files[@]}" "$@"
+}
+a() { compose_in a compose.yaml docker/publish-redis.yaml -- "$@"; }
+b() { compose_in b compose.yaml docker/join.yaml -- "$@"; }
+c() { compose_in c compose.yaml docker/join.yaml -- "$@"; }
 
 cleanup() {
     local rc=$?
     set +e
-    if [ "$rc" -ne 0 ] && [ -f "$env_file" ]; then
-        print_logs >&2
+    if [ "$rc" -ne 0 ]; then
+        for p in a b c; do
+            say "--- project $p: service logs (last 40 lines each) ---" >&2
+            "$p" logs --no-color --tail 40 >&2 2>&1
+        done
     fi
-    if [ -f "$env_file" ]; then
-        say "tearing down (down -v)"
-        compose down -v --remove-orphans --timeout 20 >/dev/null 2>&1 ||
-            say "warning: '${compose_cmd[*]} down -v' failed" >&2
-    fi
-    # Candidate containers a failed run may have left (this smoke's host label only).
-    local left
-    left=$(docker ps -aq --filter "label=autoresearch.host=$host_name")
-    [ -n "$left" ] && docker rm -f $left >/dev/null 2>&1
+    for p in a b c; do
+        "$p" down -v --remove-orphans --timeout 30 >/dev/null 2>&1 ||
+            say "warning: project $p: down -v failed" >&2
+    done
+    for host in "$engine_host" smoke-b smoke-c; do
+        left=$(docker ps -aq --filter label=autoresearch.host="$host")
+        [ -n "$left" ] && docker rm -f $left >/dev/null 2>&1
+    done
     if [ "${SMOKE_KEEP:-0}" = 1 ]; then
         say "SMOKE_KEEP=1: kept $work"
     else
-        # Files the candidates wrote as uid 1000 may not be ours to remove: a container may.
-        rm -rf "$work" 2>/dev/null ||
-            docker run --rm --user 0:0 --entrypoint rm -v "$work:/smoke-work" "$app_image" \
-                -rf /smoke-work/home /smoke-work/repo >/dev/null 2>&1
-        rm -rf "$work" 2>/dev/null || say "warning: could not remove $work" >&2
+        rm -rf "$work" || say "warning: could not remove $work" >&2
     fi
     if [ "$rc" -eq 0 ]; then
-        say "PASSED in $(($(date +%s) - start_s)) s"
+        say "PASSED in $(took "$start_s")"
     else
-        say "FAILED (exit $rc) after $(($(date +%s) - start_s)) s" >&2
+        say "FAILED (exit $rc) after $(took "$start_s")" >&2
     fi
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-git clone --quiet "$repo_root" "$clone" || fail "git clone of $repo_root"
-
-# A free loopback port for Redis (the stack publishes it on this host).
-redis_port=
-for _ in $(seq 1 50); do
-    port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        redis_port=$port
-        break
-    fi
-done
-[ -n "$redis_port" ] || fail "no free port for Redis"
-
-docker_gid=$(stat -c %g /var/run/docker.sock 2>/dev/null) || fail "no /var/run/docker.sock"
-password=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
-
-cat >"$env_file" <<ENV
-TAG=$tag
-PROFILE=cpu
-SOURCE=local
-MAX_EXPERIMENTS=2
-MAX_HOURS=
-PROPOSER=mutate
-AUTORESEARCH_HOME=$home
-REPO_DIR=$clone
-AUTORESEARCH_UID=$(id -u)
-AUTORESEARCH_GID=$(id -g)
-DOCKER_GID=$docker_gid
-GPUS=1
-AUTORESEARCH_GPUS=0
-AUTORESEARCH_HOST=$host_name
-MEMORY_GB=
-REDIS_IMAGE=$redis_image
-REDIS_PASSWORD=$password
-REDIS_BIND=127.0.0.1
-REDIS_PORT=$redis_port
-OPENAI_API_KEY=
-AUTORESEARCH_LLM_BASE_URL=
-AUTORESEARCH_LLM_MODEL=
-RUNNER_BASE=$runner_base
-RUNNER_TORCH_SPEC=$runner_torch_spec
-ENV
-# Compose prefers the shell's environment over --env-file: make both say the same.
-set -a
-# shellcheck disable=SC1090
-. "$env_file"
-set +a
-
-say "tag $tag, home $home, repo $clone, compose: ${compose_cmd[*]}"
-compose config -q || fail "'compose config' rejects compose.yaml + docker/smoke.override.yaml"
-
-# --- run ---
-up_s=$(date +%s)
-compose up -d --no-build || fail "'compose up -d' (prepare or another service failed to start)"
-
-container_of() {
-    docker ps -aq --filter "label=com.docker.compose.project=$project" \
-        --filter "label=com.docker.compose.service=$1" | head -n 1
+container_of() { # project, service
+    docker ps -aq --filter "label=com.docker.compose.project=autoresearch-smoke-$1" \
+        --filter "label=com.docker.compose.service=$2"
 }
-orch=$(container_of orchestrator)
+wait_for() { # seconds, what, command...
+    local deadline=$(($(date +%s) + $1)) what=$2
+    shift 2
+    until "$@"; do
+        [ "$(date +%s)" -lt "$deadline" ] || fail "waited $what for too long"
+        sleep 2
+    done
+}
+logged() { # project, service, text
+    "$1" logs --no-color "$2" 2>/dev/null | grep -q -- "$3"
+}
+
+a config -q || fail "compose config (a) rejects compose.yaml + docker/publish-redis.yaml"
+say "work folder $work, compose: ${compose_cmd[*]}, engine host $engine_host"
+
+# --- up: a's Redis, then b's and c's workers, then a's loop and workers ---
+up_s=$(date +%s)
+a up -d --no-build redis || fail "a: up redis"
+b up -d --no-build worker || fail "b: up worker"
+c up -d --no-build worker || fail "c: up worker"
+wait_for 300 "for b's worker" logged b worker '"worker.start"'
+wait_for 300 "for c's worker" logged c worker '"worker.start"'
+say "b's and c's workers joined in $(took "$up_s")"
+a up -d --no-build --scale worker=3 || fail "a: up --scale worker=3"
+orch=$(container_of a orchestrator)
 [ -n "$orch" ] || fail "no orchestrator container after 'up -d'"
+
+# --- during the run: status through exec, the dashboard ---
+results=$work/a/runs/main/results.tsv
+has_rows() { [ -f "$results" ] && [ "$(wc -l <"$results")" -ge 2 ]; }
+wait_for "$timeout_s" "for the baseline's row" has_rows
+status_out=$(a exec -T orchestrator autoresearch status 2>&1) ||
+    fail "docker compose exec orchestrator autoresearch status: $status_out"
+say "status through exec:"
+printf '%s\n' "$status_out" | sed 's/^/    /'
+dashboard_code=$(python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:$dashboard_port/', timeout=10).status)") ||
+    fail "the dashboard does not answer on 127.0.0.1:$dashboard_port"
+say "dashboard on 127.0.0.1:$dashboard_port: HTTP $dashboard_code"
+
 say "waiting for the orchestrator to exit (at most $timeout_s s)"
 deadline=$(($(date +%s) + timeout_s))
 while :; do
-    read -r status code restarts < <(docker inspect -f '{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}' "$orch")
-    [ "$status" = exited ] && break
-    if [ "$restarts" -gt 0 ]; then
-        fail "the orchestrator crashed and was restarted ($restarts times; last exit code $code)"
-    fi
-    worker=$(container_of worker)
-    if [ -n "$worker" ]; then
-        wrestarts=$(docker inspect -f '{{.RestartCount}}' "$worker")
-        [ "$wrestarts" -gt 0 ] && fail "the worker crashed and was restarted ($wrestarts times)"
-    fi
+    read -r state code restarts < <(docker inspect -f '{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}' "$orch")
+    [ "$state" = exited ] && break
+    [ "$restarts" -eq 0 ] || fail "the orchestrator crashed and was restarted ($restarts times; last exit $code)"
     [ "$(date +%s)" -lt "$deadline" ] || fail "the orchestrator still runs after $timeout_s s"
-    sleep 5
+    sleep 3
 done
 run_s=$(($(date +%s) - up_s))
-say "the orchestrator exited with code $code after $run_s s"
+say "the orchestrator exited with code $code, $run_s s after the first 'up'"
 [ "$code" = 0 ] || fail "the orchestrator's exit code is $code, not 0"
-
-# --- checks ---
-results=$home/runs/$tag/results.tsv
-[ -f "$results" ] || fail "no $results"
 say "results.tsv:"
 sed 's/^/    /' "$results"
-rows=$(($(wc -l <"$results") - 1))
-[ "$rows" -eq 3 ] || fail "results.tsv has $rows rows, not 3 (baseline + 2)"
-baseline_bpb=$(awk -F'\t' 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "val_bpb") c = i }
-    NR == 2 && c { print $c }' "$results")
-[[ "$baseline_bpb" =~ ^[0-9]+(\.[0-9]+)?$ ]] ||
-    fail "the baseline row has no val_bpb (got '${baseline_bpb}')"
-git -C "$clone" rev-parse --verify --quiet "refs/heads/autoresearch/$tag" >/dev/null ||
-    fail "no branch autoresearch/$tag in the clone"
-left=$(docker ps -aq --filter label=autoresearch --filter "label=autoresearch.host=$host_name")
-[ -z "$left" ] || fail "candidate containers left behind: $(echo $left)"
 
-say "ok: exit code 0, 3 rows, baseline val_bpb $baseline_bpb, branch autoresearch/$tag, no container left"
-say "wall time: $run_s s from 'up -d' to the orchestrator's exit, $(($(date +%s) - start_s)) s in all"
+# --- checks ---
+a logs --no-color worker >"$work/a-worker.log" 2>&1
+b logs --no-color worker >"$work/b-worker.log" 2>&1
+c logs --no-color worker >"$work/c-worker.log" 2>&1
+git_ rev-list --reverse "$start_commit..autoresearch/main" >"$work/branch.txt" ||
+    fail "no branch autoresearch/main"
+python3 - "$results" "$work" "$experiments" <<'PY' || fail "checks (above)"
+import csv, json, sys
+from pathlib import Path
+
+results, work, experiments = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+rows = list(csv.DictReader(results.open(), delimiter="\t"))
+bad = []
+ran = [r for r in rows if r["status"] not in ("noise", "confirm")]
+if ran[0]["description"] != "baseline" or len(ran) < 3:
+    bad.append(f"want the baseline and at least 2 experiments, got {[r['id'] for r in ran]}")
+kept = [r["commit"] for r in ran[1:] if r["status"] == "keep"]
+branch = (work / "branch.txt").read_text().split()  # the commits after the clone's HEAD
+if [c[:7] for c in branch] != [k[:7] for k in kept]:
+    bad.append(f"branch {branch} is not the kept commits {kept}")
+
+def events(name):
+    out = []
+    for line in (work / name).read_text().splitlines():
+        brace = line.find("{")
+        if brace >= 0:
+            try:
+                out.append(json.loads(line[brace:]))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+a, b, c = events("a-worker.log"), events("b-worker.log"), events("c-worker.log")
+for r in rows:
+    mine = [e for e in a + b if e.get("id") == r["id"] and e.get("tag") == "main"]
+    kinds = {e.get("event") for e in mine}
+    if not {"experiment.start", "experiment.end"} <= kinds:
+        bad.append(f"{r['id']}: the workers' logs lack its start/end: {sorted(kinds)}")
+    if not any(e["event"] == "experiment.progress" and "step" in e and "loss" in e for e in mine):
+        bad.append(f"{r['id']}: no progress line with step and loss")
+    end = [e for e in mine if e.get("event") == "experiment.end"]
+    if end and not ("status" in end[-1] and "val_bpb" in end[-1]):
+        bad.append(f"{r['id']}: its end line lacks status or val_bpb: {end[-1]}")
+names = {e["name"]: e["host"] for e in a + b if e.get("event") == "worker.start"}
+ran_on = {e.get("worker") for e in a + b if e.get("event") == "experiment.start"}
+a_names = [n for n, h in names.items() if h != "smoke-b"]
+b_names = [n for n, h in names.items() if h == "smoke-b"]
+if len(a_names) != 3 or len(b_names) != 1:
+    bad.append(f"want 3 workers on a and 1 on b, got {names}")
+for n in a_names + b_names:
+    if n not in ran_on:
+        bad.append(f"worker {n} ran no experiment")
+refusals = [e for e in c if e.get("event") == "worker.refused"]
+if len(refusals) != 1 or any(e.get("event") == "experiment.start" for e in c):
+    bad.append(f"c's worker: want one refusal line and no experiment, got {len(refusals)}")
+for m in bad:
+    print(f"smoke: check failed: {m}")
+if bad:
+    sys.exit(1)
+starts = [e.get("worker") for e in a + b if e.get("event") == "experiment.start"]
+print(f"smoke: ok: baseline + {len(ran) - 1} experiments + {len(rows) - len(ran)} repeat runs")
+print("smoke: runs per worker: " + ", ".join(f"{n}: {starts.count(n)}" for n in a_names + b_names))
+print(f"smoke: c's one refusal: {refusals[0]['why']}")
+PY
+
+down_s=$(date +%s)
+for p in a b c; do
+    "$p" down -v --remove-orphans --timeout 30 >/dev/null 2>&1 || fail "project $p: down -v"
+done
+left=
+for host in "$engine_host" smoke-b smoke-c; do
+    left+=$(docker ps -aq --filter label=autoresearch.host="$host")
+done
+[ -z "$left" ] || fail "candidate containers left behind: $(echo $left)"
+say "ok: down in $(took "$down_s"), no candidate container left"
+say "wall time: images $build_took s, run $run_s s (first 'up' to the orchestrator's exit), $(took "$start_s") in all"
