@@ -20,11 +20,17 @@ LLM_TEMPERATURE = 0.7
 LLM_TIMEOUT_S = 120.0
 LLM_MAX_RETRIES = 4
 LLM_FORMAT_RETRIES = 3
+# The LLM's circuit breaker: failures of one kind in a row (after the client's own retries)
+# that stop the run, and the wait after the first (tripled after each next: 10, 30, 90 s).
+LLM_FAILURES = 4
+LLM_BACKOFF_S = 10.0
 MAX_CANDIDATE_BYTES = 64_000
 # The smallest gain that counts, whatever the noise floor (val_bpb).
 MIN_DELTA = 0.001
-# Rows of results.tsv and lines of the last failure shown to the proposer.
+# Rows of results.tsv that `status` shows; lines of the last failure shown to the proposer.
 RESULTS_TAIL_ROWS = 20
+# The journal of every attempt in the proposer's prompt: at most this many tokens (estimated).
+JOURNAL_TOKENS = 6000
 FAILURE_TAIL_LINES = 40
 # RQ: seconds added to the two walls for the job timeout (how long results live: worker/keys.py).
 JOB_TIMEOUT_MARGIN_S = 120

@@ -67,6 +67,9 @@ class Settings:
     max_in_flight: int | None = None
     llm_concurrency: int = defaults.LLM_CONCURRENCY
     llm_rate_per_min: float | None = None
+    journal_tokens: int = defaults.JOURNAL_TOKENS
+    llm_failures: int = defaults.LLM_FAILURES
+    llm_backoff_s: float = defaults.LLM_BACKOFF_S
     sequential: bool = False
     seed: int = 0
     local_workers: int | None = None
@@ -186,6 +189,9 @@ ENV: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "max_in_flight": (("AUTORESEARCH_MAX_IN_FLIGHT",), _opt_int),
     "llm_concurrency": (("AUTORESEARCH_LLM_CONCURRENCY",), _int),
     "llm_rate_per_min": (("AUTORESEARCH_LLM_RATE_PER_MIN",), _opt_float),
+    "llm_failures": (("AUTORESEARCH_LLM_FAILURES",), _int),
+    "journal_tokens": (("AUTORESEARCH_JOURNAL_TOKENS",), _int),
+    "llm_backoff_s": (("AUTORESEARCH_LLM_BACKOFF_S",), _float),
     "sequential": (("AUTORESEARCH_SEQUENTIAL",), _bool),
     "seed": (("AUTORESEARCH_SEED",), _int),
     "local_workers": (("AUTORESEARCH_LOCAL_WORKERS",), _opt_int),
@@ -234,6 +240,12 @@ def check(s: Settings) -> None:
 
     if s.tag is not None and not TAG_RE.fullmatch(s.tag):
         raise bad("tag", "use letters, digits, '-' and '_' (at most 64, starting alphanumeric)")
+    if s.max_cost_usd is not None and not (s.llm_price_in or s.llm_price_out):
+        raise bad(
+            "max_cost_usd",
+            "a spend limit needs the LLM's prices, in dollars per million tokens "
+            "(AUTORESEARCH_LLM_PRICE_IN and _OUT): both are 0, so the spend would stay 0",
+        )
     if s.proposer not in ("auto", "llm", "mutate"):
         raise bad("proposer", "must be auto, llm or mutate")
     if s.runner not in RUNNERS:
@@ -267,6 +279,12 @@ def check(s: Settings) -> None:
         raise bad("lookahead", "must be 0 or more, or auto")
     if s.llm_rate_per_min is not None and not s.llm_rate_per_min > 0:
         raise bad("llm_rate_per_min", "must be positive")
+    if s.journal_tokens < 200:
+        raise bad("journal_tokens", "must be 200 or more")
+    if s.llm_failures < 1:
+        raise bad("llm_failures", "must be 1 or more")
+    if not s.llm_backoff_s >= 0:
+        raise bad("llm_backoff_s", "must be 0 or more")
     if not 0 <= s.llm_temperature <= 2:
         raise bad("llm_temperature", "must be between 0 and 2")
     if not (s.llm_price_in >= 0 and s.llm_price_out >= 0):

@@ -308,6 +308,8 @@ def render_status(snap: dict[str, Any]) -> str:
     """The status screen: run line, best and gain, counts, noise, LLM, workers, queue."""
     lines = []
     run = "running" if snap["running"] else (snap["stop_reason"] or "not running")
+    if snap["running"] and snap["state"].get("paused"):
+        run = "paused (what runs finishes; nothing new is queued: autoresearch resume)"
     lines.append(
         f"run {snap['tag']}: {run}; {snap['experiments']} experiments; "
         f"{snap['per_hour']:.1f}/h over this session's {snap['hours']:.2f} h"

@@ -81,7 +81,7 @@ def make_proposer(server: ScriptedLLMServer, **overrides: Any) -> LLMProposer:
 
 
 def request(source: str = SOURCE, seed: int = 7) -> ProposalRequest:
-    return ProposalRequest(source=source, results_tail=RESULTS, failure_tail=FAILURE, seed=seed)
+    return ProposalRequest(source=source, journal=RESULTS, failure_tail=FAILURE, seed=seed)
 
 
 def test_valid_edit_on_first_reply(server):
@@ -144,6 +144,29 @@ def test_invalid_candidate_goes_back_with_the_validation_reason(server):
     assert proposal.rejected is None
     retry = server.requests[1]["messages"][-1]["content"]
     assert "could not be applied: syntax error at line 3" in retry
+
+
+def test_the_transcript_holds_every_turn_and_the_system_prompt_by_hash(server):
+    bad = edit("LR = 0.01", "LR = = 0.02")
+    server.add(bad, GOOD)
+    proposer = make_proposer(server)
+    proposal = proposer.propose(request())
+    t = proposal.transcript
+    assert t["system"] == proposer.system_prompt and len(t["system_sha256"]) == 64
+    roles = [m["role"] for m in t["messages"]]
+    assert roles == ["user", "assistant", "user", "assistant"]  # the retry included
+    assert t["messages"][1]["content"] == bad and t["messages"][3]["content"] == GOOD
+    assert "syntax error" in t["messages"][2]["content"]
+    assert all(m["role"] != "system" for m in t["messages"])
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [(401, "auth"), (403, "auth"), (404, "model"), (400, "request")]
+)
+def test_an_api_failure_says_its_kind(server, status, kind):
+    server.add(HTTPErrorReply(status, "no"))
+    proposal = make_proposer(server, max_retries=0).propose(request())
+    assert proposal.failure == kind and proposal.rejected.startswith(f"llm error: HTTP {status}")
 
 
 @pytest.mark.parametrize("status", [500, 429])

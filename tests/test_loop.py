@@ -391,7 +391,7 @@ def _read(path: Path) -> str:
 
 
 def test_run_with_the_llm_proposer(repo, data_dir):
-    with ScriptedLLMServer([GOOD]) as server:
+    with ScriptedLLMServer(["OK", GOOD]) as server:  # the preflight's reply, then the edit
         proc = cli(
             repo,
             data_dir,
@@ -409,13 +409,21 @@ def test_run_with_the_llm_proposer(repo, data_dir):
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "default.proposer" in proc.stderr and '"proposer": "llm"' in proc.stderr
-        system = server.requests[0]["messages"][0]
+        assert server.requests[0]["messages"][-1]["content"] == "Reply with the single word OK."
+        system = server.requests[1]["messages"][0]
         assert system["role"] == "system" and system["content"] == (repo / "program.md").read_text()
     rows = ResultsFile(repo / "workspace/runs/llm/results.tsv").rows()
     assert rows[1]["proposer"] == "llm"
     assert rows[1]["description"] == "raise the learning rate"
     assert int(rows[1]["prompt_tokens"]) > 0 and float(rows[1]["cost_usd"]) > 0
     assert "LR = 0.05" in (repo / "workspace/runs/llm/0001/candidate.diff").read_text()
+    # The transcript: what the LLM was sent and answered; the system prompt once, by hash.
+    transcript = (repo / "workspace/runs/llm/0001/transcript.md").read_text()
+    program = (repo / "program.md").read_text()
+    assert "## user" in transcript and "## assistant" in transcript and GOOD.strip() in transcript
+    assert program not in transcript
+    prompts = list((repo / "workspace/runs/llm/prompts").iterdir())
+    assert [p.read_text() for p in prompts] == [program] and prompts[0].name in transcript
 
 
 def test_evaluate_prints_a_result(repo, data_dir):

@@ -48,7 +48,7 @@ LR = 0.01
 
 
 def request(source: str = SOURCE, seed: int = 0) -> ProposalRequest:
-    return ProposalRequest(source=source, results_tail="", failure_tail="", seed=seed)
+    return ProposalRequest(source=source, journal="", failure_tail="", seed=seed)
 
 
 def changed_lines(old: str, new: str) -> list[tuple[str, str]]:

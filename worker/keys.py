@@ -11,6 +11,7 @@ RQ's; these are ours, all under `autoresearch:`.
   autoresearch:<tag>:results          list: a run's results rows, JSON, in results.tsv's order
   autoresearch:<tag>:log              stream: a run's interleaved log (every id, decisions)
   autoresearch:<tag>:log:<id>         stream: one experiment's output lines and metrics
+  autoresearch:<tag>:paused           string: set while a run is paused (who and when)
   autoresearch:gpu:<host>:<index>     string: which worker holds that GPU (expires)
 """
 
@@ -50,6 +51,11 @@ def run_log_key(tag: str) -> str:
 def log_stream_key(tag: str, exp_id: str) -> str:
     """One experiment's output lines and live metrics."""
     return f"{run_log_key(tag)}:{exp_id}"
+
+
+def paused_key(tag: str) -> str:
+    """Set by `autoresearch pause`: the run queues nothing new until `resume` deletes it."""
+    return f"autoresearch:{tag}:paused"
 
 
 def gpu_key(host: str, index: int) -> str:

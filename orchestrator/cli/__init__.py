@@ -31,6 +31,7 @@ from orchestrator.cli.observe import (
 )
 from orchestrator.cli.prepare import add_prepare, cmd_prepare
 from orchestrator.cli.run import add_run, cmd_run
+from orchestrator.cli.steer import add_steer, cmd_pause, cmd_resume
 from orchestrator.cli.workers import add_worker, cmd_worker
 
 EXAMPLES = """\
@@ -40,13 +41,14 @@ examples:
   autoresearch run --tag nov28             # the loop, on the embedded defaults
   autoresearch run --tag nov28 --max-experiments 50 --max-hours 8
   REDIS_URL=redis://host:6379/0 autoresearch worker --gpu 0
-  REDIS_URL=... AUTORESEARCH_GPUS=8 autoresearch worker --runner docker --gpu auto
+  REDIS_URL=... autoresearch worker --runner docker --gpu all   # one per GPU of this host
   autoresearch evaluate workspace/train.py --json
   autoresearch status --watch              # workers, queue, best, noise, spend; live
   autoresearch logs -f                     # every experiment's lines as they come
   autoresearch logs 0012 --json            # one experiment, JSON lines
   autoresearch report                      # progress.png and report.md in the run folder
   autoresearch dashboard                   # http://127.0.0.1:8765/: chart, workers, live logs
+  autoresearch pause --tag nov28           # finish what runs, queue nothing new; then: resume
   autoresearch verify 0012 --tag nov28     # re-run a recorded experiment, compare
   autoresearch run --tag dry --runner simulate --local-workers 8   # the scheduler, no GPU
 """
@@ -61,6 +63,8 @@ COMMANDS = {
     "report": cmd_report,
     "dashboard": cmd_dashboard,
     "verify": cmd_verify,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
 }
 
 
@@ -82,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_logs,
         add_dashboard,
         add_report,
+        add_steer,
     ):
         add(sub)
     return parser
@@ -101,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness.manifest import DataNotPrepared
     from orchestrator.gitstore import GitError
+    from orchestrator.proposers.base import LLMUnavailable
     from orchestrator.redis_server import RedisUnavailable
     from orchestrator.research import BaselineFailed
     from worker.gpu_claim import NoFreeGpu
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except CommandError as exc:
         return _die(str(exc), exc.code)
-    except st.SettingsError as exc:
+    except (st.SettingsError, LLMUnavailable) as exc:
         return _die(str(exc), 2)
     except (DataNotPrepared, RedisUnavailable, GitError, BaselineFailed, NoFreeGpu) as exc:
         return _die(str(exc), 1)

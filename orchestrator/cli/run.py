@@ -35,7 +35,8 @@ def add_run(sub: Any) -> None:
         "--max-cost",
         dest="max_cost_usd",
         type=float,
-        help="stop once the run's LLM spend (USD, from token usage and the prices) reaches this",
+        help="stop once the run's LLM spend (USD, from token usage and the prices) reaches "
+        "this; refused at start while both prices are 0 (AUTORESEARCH_LLM_PRICE_IN/_OUT)",
     )
     p.add_argument(
         "--proposer",
@@ -141,6 +142,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     profile, data_dir = resolve_profile(s, log)
     fingerprint = data_fingerprint(data_dir)
     proposer = _proposer(s, profile.name, git.repo, log)
+    if hasattr(proposer, "preflight"):  # before any GPU time: a bad key is one line, exit 2
+        began = time.monotonic()
+        proposer.preflight()
+        log.info(
+            "llm.preflight",
+            model=proposer.model,
+            ok=True,
+            seconds=round(time.monotonic() - began, 2),
+        )
     private = None
     workers = None
     try:
@@ -183,7 +193,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             private.stop()
         logs.tee.close()
     _print_summary(summary, git)
-    return research.stopped_by.exit_code if research.stopped_by else 0
+    if research.stopped_by:
+        return research.stopped_by.exit_code
+    return 1 if research.proposals.broken else 0  # the LLM failing: not a limit reached
 
 
 def _start_local_workers(
@@ -222,6 +234,9 @@ def _policy(s: st.Settings) -> Any:
         max_in_flight=s.max_in_flight,
         llm_concurrency=s.llm_concurrency,
         llm_rate_per_min=s.llm_rate_per_min,
+        journal_tokens=s.journal_tokens,
+        llm_failures=s.llm_failures,
+        llm_backoff_s=s.llm_backoff_s,
         sequential=s.sequential,
         noise_runs=s.noise_runs,
         noise_every=s.noise_every,

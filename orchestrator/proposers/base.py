@@ -9,7 +9,7 @@ from typing import Protocol
 @dataclass
 class ProposalRequest:
     source: str  # the current best train.py
-    results_tail: str  # recent results.tsv rows (header + rows) as text, "" if none
+    journal: str  # every attempt of the run, compact (orchestrator/journal.py), "" if none
     failure_tail: str  # the last failed experiment's log tail, "" if none
     seed: int  # per-proposal seed
     # A change that won on an older train.py and conflicts with the current one: its
@@ -26,6 +26,16 @@ class Proposal:
         default_factory=dict
     )  # prompt_tokens, completion_tokens, cost_usd, attempts
     rejected: str | None = None  # reason, when no valid candidate could be produced
+    # The LLM itself failed (not its reply): auth, model, quota, connection, server,
+    # request. No row is written; the loop backs off, then stops (proposing.py).
+    failure: str | None = None
+    # What the LLM was sent and answered, retries included (the system prompt by its
+    # sha256 only): {"model", "system_sha256", "system", "messages": [{role, content}]}.
+    transcript: dict | None = None
+
+
+class LLMUnavailable(Exception):
+    """The endpoint, key or model does not answer a request: the run cannot propose."""
 
 
 class Proposer(Protocol):

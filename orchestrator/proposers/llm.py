@@ -8,21 +8,25 @@ What this module adds is the conversation around a bad reply: an edit that does 
 apply or a candidate that fails validation goes back to the model with the reason, a
 bounded number of times. Whatever happens, `propose` returns a Proposal (possibly a
 rejected one) and never raises for the LLM's sake: the research loop must outlive any
-outage or misbehaving model.
+outage or misbehaving model. A failure of the endpoint itself (after the client's own
+retries) is marked with its kind (`failure_kind`), so that the loop can back off and stop
+instead of writing a row per failed call; `preflight` checks endpoint, key and model once
+before any GPU time is spent.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
 import openai
 
 from orchestrator.edits import EditError, apply_reply, extract_description
-from orchestrator.proposers.base import Proposal, ProposalRequest
+from orchestrator.proposers.base import LLMUnavailable, Proposal, ProposalRequest
 from orchestrator.validate import CandidateRejected, validate_candidate
 
-__all__ = ["LLMProposer", "build_user_message"]
+__all__ = ["LLMProposer", "LLMUnavailable", "build_user_message", "failure_kind"]
 
 _THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
 _MAX_ERROR_CHARS = 200
@@ -35,6 +39,24 @@ INSTRUCTION = (
     ">>>>>>> REPLACE\n"
     "Copy SEARCH lines exactly from the train.py above; each must match exactly one place."
 )
+
+
+PREFLIGHT = "Reply with the single word OK."
+
+
+def failure_kind(error: Exception) -> str:
+    """What kind of failure an LLM call ended with, after the client's own retries."""
+    if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
+        return "auth"
+    if isinstance(error, openai.NotFoundError):
+        return "model"
+    if isinstance(error, openai.RateLimitError):
+        return "quota"
+    if isinstance(error, openai.APIConnectionError):  # timeouts included
+        return "connection"
+    if isinstance(error, openai.APIStatusError):
+        return "server" if error.status_code >= 500 else "request"
+    return "server"  # a 200 that is no API's reply
 
 
 class LLMProposer:
@@ -71,6 +93,23 @@ class LLMProposer:
         self.price_out_per_mtok = price_out_per_mtok
         self.max_bytes = max_bytes
 
+    def preflight(self) -> None:
+        """One tiny request (endpoint, key, model), with one retry: LLMUnavailable if it fails."""
+        try:
+            self._client.with_options(max_retries=1).chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": PREFLIGHT}]
+            )
+        except (openai.OpenAIError, ValueError) as e:
+            where = self._client.base_url
+            raise LLMUnavailable(
+                f"LLM preflight failed ({failure_kind(e)}, model {self.model} at {where}): "
+                + (
+                    _short_error(e)
+                    if isinstance(e, openai.OpenAIError)
+                    else f"unreadable reply ({e})"
+                )
+            ) from None
+
     def close(self) -> None:
         """Release the HTTP connection pool."""
         self._client.close()
@@ -98,9 +137,11 @@ class LLMProposer:
                     seed=request.seed,
                 )
             except openai.OpenAIError as e:
-                return self._rejected(f"llm error: {_short_error(e)}", description, usage)
+                reason = f"llm error: {_short_error(e)}"
+                return self._failed(e, reason, description, usage, messages)
             except ValueError as e:  # a 200 whose body is not JSON (cut off, or not an API)
-                return self._rejected(f"llm error: unreadable reply ({e})", description, usage)
+                reason = f"llm error: unreadable reply ({e})"
+                return self._failed(e, reason, description, usage, messages)
             _add_usage(usage, response)
             reply = _reply_text(response)
             try:
@@ -114,22 +155,49 @@ class LLMProposer:
                 messages.append({"role": "assistant", "content": reply or "(empty reply)"})
                 messages.append({"role": "user", "content": _retry_message(reason)})
                 continue
+            messages.append({"role": "assistant", "content": reply})
             return Proposal(
                 source=source,
                 description=description,
                 proposer=self.name,
                 usage=self._priced(usage),
+                transcript=self._transcript_of(messages),
             )
-        return self._rejected(reason, description, usage)
+        return self._rejected(reason, description, usage, messages)
 
-    def _rejected(self, reason: str, description: str, usage: dict[str, Any]) -> Proposal:
+    def _rejected(
+        self, reason: str, description: str, usage: dict[str, Any], messages: list[dict]
+    ) -> Proposal:
         return Proposal(
             source="",
             description=description or "(no valid edit)",
             proposer=self.name,
             usage=self._priced(usage),
             rejected=reason,
+            transcript=self._transcript_of(messages),
         )
+
+    def _transcript_of(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        """What was sent and answered, the system prompt by its hash (it is the same for
+        every proposal of a run: the run folder keeps it once)."""
+        return {
+            "model": self.model,
+            "system_sha256": hashlib.sha256(self.system_prompt.encode()).hexdigest(),
+            "system": self.system_prompt,
+            "messages": [dict(m) for m in messages[1:]],
+        }
+
+    def _failed(
+        self,
+        error: Exception,
+        reason: str,
+        description: str,
+        usage: dict[str, Any],
+        messages: list[dict],
+    ) -> Proposal:
+        proposal = self._rejected(reason, description, usage, messages)
+        proposal.failure = failure_kind(error)
+        return proposal
 
     def _priced(self, usage: dict[str, Any]) -> dict[str, Any]:
         cost = (
@@ -142,8 +210,11 @@ class LLMProposer:
 def build_user_message(request: ProposalRequest) -> str:
     """The user turn: everything the model needs to pick its next experiment."""
     parts = ["The current best train.py:", _fenced(request.source, "python")]
-    if request.results_tail.strip():
-        parts += ["Recent results (results.tsv, newest last):", _fenced(request.results_tail)]
+    if request.journal.strip():
+        parts += [
+            "The journal of this run (every experiment; lower val_bpb is better):",
+            _fenced(request.journal),
+        ]
     else:
         parts.append("No experiments have finished yet.")
     if request.failure_tail.strip():

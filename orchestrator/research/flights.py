@@ -69,6 +69,7 @@ class Jobs:
         self.timeout = int(self.job_seconds) + defaults.JOB_TIMEOUT_MARGIN_S
         self.flights: dict[str, Flight] = {}
         self.workers: list[str] = []
+        self.paused = False  # `autoresearch pause`: nothing new is queued
         self._cleaned_at = 0.0
         self._no_worker_since: float | None = None
         self._warned_no_worker = False
@@ -212,9 +213,14 @@ class Jobs:
         StartedJobRegistry(queue=self.queue).cleanup()
 
     def refresh_workers(self) -> None:
-        """The live workers (one SMEMBERS; a dead worker's stale key is swept every ten
-        refreshes), said when they change and when jobs wait with none; a confirmation
-        waiting in the queue of a worker that left goes to the shared queue's front."""
+        """Whether the run is paused; the live workers (one SMEMBERS; a dead worker's stale
+        key is swept every ten refreshes), said when they change and when jobs wait with
+        none; a confirmation waiting in the queue of a worker that left goes to the shared
+        queue's front."""
+        paused = bool(self.redis.exists(keys.paused_key(self.tag)))
+        if paused != self.paused:
+            self.log.info("run.paused" if paused else "run.resumed", in_flight=len(self.flights))
+            self.paused = paused
         if time.monotonic() - self._cleaned_at > 10 * defaults.WORKER_REFRESH_S:
             clean_worker_registry(self.queue)
             self._cleaned_at = time.monotonic()

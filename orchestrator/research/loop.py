@@ -27,7 +27,7 @@ import redis
 from harness import bars
 from harness.manifest import harness_digest
 from harness.profiles import Profile
-from orchestrator import defaults, logs, noise
+from orchestrator import defaults, journal, logs, noise
 from orchestrator.gitstore import GitStore
 from orchestrator.proposers.base import Proposal, ProposalRequest, Proposer
 from orchestrator.research import stopping
@@ -185,7 +185,7 @@ class Research:
         self._housekeeping()
         self._collect_proposals()
         finished = self.jobs.take_ended()
-        if finished and not self._stopping():
+        if finished and not self._stopping() and not self.jobs.paused:
             self._dispatch()  # the freed workers first, then the bookkeeping
         for flight, result in finished:
             self._judge(flight, result)
@@ -194,9 +194,9 @@ class Research:
         if self._stopping():
             self._drop_ready()
             return
-        self._dispatch()
-        if auto:
-            self._propose_ahead()
+        if not self.jobs.paused:  # paused: what runs finishes, nothing new is queued
+            self._dispatch()
+            auto and self._propose_ahead()
 
     def _housekeeping(self) -> None:
         """Live workers every WORKER_REFRESH_S, the state every STATE_EVERY_S, abandoned
@@ -228,6 +228,8 @@ class Research:
             self.stop_reason = f"max hours ({lim.max_hours}) reached"
         elif lim.max_cost_usd is not None and self.spent_usd() >= lim.max_cost_usd:
             self.stop_reason = f"max LLM spend (${lim.max_cost_usd:.2f}) reached"
+        elif self.proposals.broken:
+            self.stop_reason = self.proposals.broken
         if self.stop_reason:
             self.log.info("run.stopping", reason=self.stop_reason, in_flight=sorted(self.flights))
         return bool(self.stop_reason)
@@ -244,12 +246,12 @@ class Research:
         return False
 
     def spent_usd(self) -> float:
-        """LLM spend: recorded rows plus proposals made but not recorded yet."""
+        """LLM spend: recorded rows, proposals made but not recorded yet, failed calls."""
         recorded = sum(float(r.get("cost_usd") or 0) for r in self.results.rows())
         pending = [f.proposal for f in self.flights.values()] + [r.proposal for r in self.ready]
-        held = self.judge.parked + list(self.judge.confirming.values())
-        pending += [f.proposal for f, _ in held]
-        return recorded + sum(float(p.usage.get("cost_usd") or 0) for p in pending)
+        pending += [f.proposal for f, _ in self.judge.parked + [*self.judge.confirming.values()]]
+        pending_usd = sum(float(p.usage.get("cost_usd") or 0) for p in pending)
+        return recorded + pending_usd + self.proposals.lost_usd
 
     # ----- workers and capacity -----
     def capacity(self) -> int:
@@ -265,7 +267,7 @@ class Research:
         """Start one proposal on a thread; the loop collects it when it is made."""
         request = ProposalRequest(
             source=self.git.read(self.frontier),
-            results_tail=self.results.tail_text(defaults.RESULTS_TAIL_ROWS),
+            journal=journal.journal(self.results.rows(), self.policy.journal_tokens),
             failure_tail=self.judge.failure_tail,
             seed=self.seed * 1_000_003 + self.recorder.first_id() + self.proposals.started,
             combine=combine,
@@ -452,6 +454,7 @@ class Research:
             "ready": str(len(self.ready)),
             "proposer": self.proposer.name,
             "model": str(getattr(self.proposer, "model", "") or ""),
+            "paused": "1" if self.jobs.paused else "",
             **fields,
         }
         self.publisher.state(state, rows)

@@ -43,6 +43,9 @@ class Policy:
     max_in_flight: int | None = None  # cap on jobs queued or running (None: no cap)
     llm_concurrency: int = defaults.LLM_CONCURRENCY  # proposals being made at once
     llm_rate_per_min: float | None = None  # proposals started per minute (None: no cap)
+    journal_tokens: int = defaults.JOURNAL_TOKENS  # the journal's size in the prompt, at most
+    llm_failures: int = defaults.LLM_FAILURES  # LLM failures of one kind in a row: stop
+    llm_backoff_s: float = defaults.LLM_BACKOFF_S  # wait after one, tripled after each next
     sequential: bool = False  # propose, run, decide, one at a time (the old loop)
     noise_runs: int = defaults.NOISE_RUNS  # runs of the frontier for the noise floor
     noise_every: int = defaults.NOISE_EVERY_KEEPS  # re-measure after this many keeps

@@ -3,6 +3,11 @@
 `Proposals` starts them (at most llm_concurrency at once, at most llm_rate_per_min a
 minute), keeps a moving average of how long one takes (the loop proposes that far ahead),
 and hands back the made ones, checked by the candidate validator, a slice of time at a time.
+
+It is also the LLM's circuit breaker. A call that failed (after the client's own retries:
+auth, model, quota, connection, server) is no proposal: no row, and it does not count
+against max_experiments. The next start waits llm_backoff_s, tripled after each failure of
+the same kind in a row; at llm_failures of them `broken` says why, and the loop stops.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from orchestrator import defaults
+from orchestrator.journal import estimate_tokens
 from orchestrator.proposers.base import Proposal, ProposalRequest, Proposer
 from orchestrator.research.policy import Policy
 from orchestrator.validate import CandidateRejected, validate_candidate
@@ -27,12 +33,16 @@ class Proposals:
         self.started = 0  # proposals started this session (max_experiments counts these)
         self.latency: float | None = None  # moving average, seconds
         self._next_at = 0.0  # monotonic: the rate limit's next start
+        self.failures: list[str] = []  # the LLM failures in a row, all of one kind
+        self.broken = ""  # why proposing stopped (the same failure llm_failures times)
+        self.lost_usd = 0.0  # spent on calls that ended in a failure (no row holds it)
 
     def may_start(self, want: int, limit: int | None) -> bool:
         """Another proposal may start now: fewer than want (and llm_concurrency) running,
         the session's limit not reached, the rate limit's gap passed."""
         return (
-            self.running < min(want, self.policy.llm_concurrency)
+            not self.broken
+            and self.running < min(want, self.policy.llm_concurrency)
             and (limit is None or self.started < limit)
             and time.monotonic() >= self._next_at
         )
@@ -41,6 +51,7 @@ class Proposals:
         """Start one proposal on a thread; collect() hands it back when it is made."""
         self.started += 1
         self.running += 1
+        self.log.info("proposal.start", journal_tokens=estimate_tokens(request.journal))
         rate = self.policy.llm_rate_per_min
         self._next_at = time.monotonic() + (60.0 / rate if rate else 0.0)
 
@@ -80,9 +91,36 @@ class Proposals:
                 usage=proposal.usage,
                 seconds=round(seconds, 3),
             )
+            if proposal.failure is not None:
+                self._failed(proposal)
+                continue
+            self.failures.clear()
             if proposal.rejected is None:
                 try:
                     validate_candidate(proposal.source)
                 except CandidateRejected as exc:
                     proposal.rejected = str(exc)
             yield proposal, parent
+
+    def _failed(self, proposal: Proposal) -> None:
+        """Back off; at llm_failures of one kind in a row, break."""
+        self.started -= 1
+        self.lost_usd += float(proposal.usage.get("cost_usd") or 0)
+        if self.failures and self.failures[-1] != proposal.failure:
+            self.failures.clear()
+        self.failures.append(proposal.failure or "")
+        n = len(self.failures)
+        wait = self.policy.llm_backoff_s * 3 ** (n - 1)
+        self._next_at = max(self._next_at, time.monotonic() + wait)
+        if n >= self.policy.llm_failures:
+            self.broken = (
+                f"LLM failing ({proposal.failure}, {n} times in a row): {proposal.rejected}"
+            )
+        self.log.warning(
+            "llm.failed",
+            kind=proposal.failure,
+            error=proposal.rejected,
+            in_a_row=n,
+            next_try_s=None if self.broken else round(wait, 1),
+            stopping=bool(self.broken),
+        )

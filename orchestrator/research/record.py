@@ -1,7 +1,7 @@
 """Recording an experiment: its results row, its folder in the run folder, the branch move.
 
 Every experiment ends as exactly one row of results.tsv and one folder (the diff or the
-source, decision.json with the result and what re-runs it). A keep moves the branch; the
+source, decision.json with the result and what re-runs it, an LLM proposal's transcript). A keep moves the branch; the
 move, decision.json and the row are written with stop signals deferred, so a stop never
 leaves a keep without its row or half a row.
 """
@@ -171,6 +171,28 @@ class Recorder:
             description=exp.description,
         )
 
+    def write_transcript(self, folder: Path, proposal: Proposal) -> None:
+        """transcript.md: what the LLM was sent and answered for this experiment, retries
+        included; the system prompt once per run, by hash, in prompts/."""
+        t = proposal.transcript or {}
+        prompt = self.folder / "prompts" / f"{t['system_sha256'][:16]}.md"
+        if not prompt.exists():
+            prompt.parent.mkdir(parents=True, exist_ok=True)
+            prompt.write_text(t["system"])
+        usage = proposal.usage or {}
+        lines = [
+            f"# {folder.name}: {proposal.description}",
+            "",
+            f"model {t['model']}; system prompt: ../prompts/{prompt.name} (sha256 "
+            f"{t['system_sha256'][:16]}); {usage.get('attempts', 0)} attempt(s), "
+            f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} "
+            f"completion tokens"
+            + (f"; rejected: {proposal.rejected}" if proposal.rejected else ""),
+        ]
+        for message in t["messages"]:
+            lines += ["", f"## {message['role']}", "", message["content"]]
+        (folder / "transcript.md").write_text("\n".join(lines) + "\n")
+
     def write(self, exp: Experiment, result: Result, status: RowStatus, note: str | None) -> dict:
         """The experiment's folder and row; a keep first moves the branch to its commit.
         Returns the row as written."""
@@ -180,6 +202,8 @@ class Recorder:
             (folder / "candidate.diff").write_text(self.git.diff(exp.parent, exp.commit))
         elif exp.proposal.source:
             (folder / "train.py").write_text(exp.proposal.source)
+        if exp.proposal.transcript and exp.proposal.proposer == "llm":
+            self.write_transcript(folder, exp.proposal)
         decision = {
             "decision": status,
             "note": note,

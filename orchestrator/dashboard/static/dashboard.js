@@ -51,7 +51,8 @@ function renderHeader(s) {
   setText("tag", s.tag);
   document.title = "autoresearch " + s.tag;
   const pill = $("run-status");
-  pill.textContent = s.running ? "running" : (s.stop_reason || "not running");
+  const paused = s.running && s.state && s.state.paused === "1";
+  pill.textContent = paused ? "paused" : s.running ? "running" : (s.stop_reason || "not running");
   pill.className = "pill " + (s.running ? "on" : "off");
   document.body.dataset.running = s.running ? "1" : "0";
   setText("updated", "updated " + clock(s.now));
