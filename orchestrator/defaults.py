@@ -31,6 +31,9 @@ MIN_DELTA = 0.001
 RESULTS_TAIL_ROWS = 20
 # The journal of every attempt in the proposer's prompt: at most this many tokens (estimated).
 JOURNAL_TOKENS = 6000
+# After this many experiments without a keep, the request asks for a larger or a different
+# kind of change (0: never).
+PLATEAU = 20
 FAILURE_TAIL_LINES = 40
 # RQ: seconds added to the two walls for the job timeout (how long results live: worker/keys.py).
 JOB_TIMEOUT_MARGIN_S = 120

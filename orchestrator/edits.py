@@ -45,6 +45,7 @@ _REPLACE = re.compile(r"^>{5,9} ?REPLACE\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 # Tolerates markdown decoration models like to add: "**DESCRIPTION:** ...", "# Description: ...".
 _DESCRIPTION = re.compile(r"^[\s>*_#`-]*DESCRIPTION[\s*_`]*:(.*)$", re.IGNORECASE)
+_WHY = re.compile(r"^[\s>*_#`-]*WHY[\s*_`]*:(.*)$", re.IGNORECASE)
 # A line that is nothing but a file name, e.g. "train.py", "`workspace/train.py`:", "FILE: x.py".
 _FILE_NAME = re.compile(
     r"^[\s>*_#`-]*(?:file\s*:\s*)?[*_`]*([\w./\\-]*\w\.[A-Za-z]\w*)[*_`:]*\s*$", re.IGNORECASE
@@ -87,6 +88,17 @@ def extract_description(reply: str) -> str:
         return _parse(reply)[0]
     except EditError:
         return ""
+
+
+def extract_why(reply: str) -> str:
+    """The reply's one-line hypothesis (`WHY: ...`, program.md), or "" when it has none."""
+    for line in reply.replace("\r\n", "\n").split("\n"):
+        if _SEARCH.match(line):
+            break
+        match = _WHY.match(line)
+        if match:
+            return _clean_description(match.group(1))
+    return ""
 
 
 def _parse(reply: str) -> tuple[str, list[Block]]:

@@ -83,3 +83,15 @@ def journal(rows: list[dict[str, Any]], budget_tokens: int, line_chars: int = 16
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if estimate_tokens(text(n_kept, mid)) <= budget_tokens else (lo, mid - 1)
     return text(n_kept, lo)
+
+
+def plateau(rows: list[dict[str, Any]], after: int) -> int:
+    """Experiments since the last keep (repeat runs and the baseline not counted), when
+    that is `after` or more, else 0 (and 0 when `after` is 0: the nudge is off)."""
+    since = 0
+    for r in reversed(rows):
+        if r.get("status") == "keep":
+            break
+        if r.get("status") not in REPEATS:
+            since += 1
+    return since if after and since >= after else 0

@@ -340,7 +340,9 @@ def markdown(
             gain_cell = "baseline" if i == 0 else _f6(k["gain"])
             out.append(
                 f"| {i} | {_cell(k['id'])} | `{_cell(k['commit'])}` | {_f6(k['val_bpb'])} | "
-                f"{_f6(k['mean'])} ({k['runs']}) | {gain_cell} | {_cell(k['description'])} |"
+                f"{_f6(k['mean'])} ({k['runs']}) | {gain_cell} | {_cell(k['description'])}"
+                + (f" (why: {_cell(k['why'])})" if k.get("why") else "")
+                + " |"
             )
     else:
         out.append("Nothing kept yet: the run has no baseline.")

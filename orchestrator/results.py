@@ -40,6 +40,8 @@ COLUMNS = (
     "source_hash",
     "seed",
     "cage",  # docker, process, or process-weak: what held the candidate (README's table)
+    "why",  # the LLM's one-line hypothesis (WHY:), if it gave one
+    "program",  # sha256 (12) of the program.md an LLM proposal was made under
 )
 # Status of a row: the decision for a scored candidate, else what stopped it.
 ROW_STATUSES = tuple(RowStatus)
@@ -150,6 +152,7 @@ def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -
                     "mean": sum(runs) / len(runs) if runs else None,
                     "runs": len(runs),
                     "description": r["description"],
+                    "why": r.get("why", ""),
                 }
             )
     baseline = {"id": kept[0]["id"], "val_bpb": kept[0]["mean"]} if kept else None

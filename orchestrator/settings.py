@@ -68,6 +68,7 @@ class Settings:
     llm_concurrency: int = defaults.LLM_CONCURRENCY
     llm_rate_per_min: float | None = None
     journal_tokens: int = defaults.JOURNAL_TOKENS
+    plateau: int = defaults.PLATEAU
     llm_failures: int = defaults.LLM_FAILURES
     llm_backoff_s: float = defaults.LLM_BACKOFF_S
     sequential: bool = False
@@ -191,6 +192,7 @@ ENV: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "llm_rate_per_min": (("AUTORESEARCH_LLM_RATE_PER_MIN",), _opt_float),
     "llm_failures": (("AUTORESEARCH_LLM_FAILURES",), _int),
     "journal_tokens": (("AUTORESEARCH_JOURNAL_TOKENS",), _int),
+    "plateau": (("AUTORESEARCH_PLATEAU",), _int),
     "llm_backoff_s": (("AUTORESEARCH_LLM_BACKOFF_S",), _float),
     "sequential": (("AUTORESEARCH_SEQUENTIAL",), _bool),
     "seed": (("AUTORESEARCH_SEED",), _int),
@@ -279,6 +281,8 @@ def check(s: Settings) -> None:
         raise bad("lookahead", "must be 0 or more, or auto")
     if s.llm_rate_per_min is not None and not s.llm_rate_per_min > 0:
         raise bad("llm_rate_per_min", "must be positive")
+    if s.plateau < 0:
+        raise bad("plateau", "must be 0 (off) or more")
     if s.journal_tokens < 200:
         raise bad("journal_tokens", "must be 200 or more")
     if s.llm_failures < 1:

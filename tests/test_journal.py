@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from orchestrator.journal import estimate_tokens, journal
+from orchestrator.journal import estimate_tokens, journal, plateau
 from orchestrator.proposers.base import ProposalRequest
 from orchestrator.proposers.llm import build_user_message
 
@@ -69,3 +69,19 @@ def test_a_discarded_description_reaches_the_prompt():
 
 def test_no_rows_no_journal():
     assert journal([], 6000) == ""
+
+
+def test_the_plateau_counts_attempts_since_the_last_keep():
+    history = rows(3, keeps=0)  # baseline, noise, 3 attempts with no keep among them
+    for r in history[2:]:
+        r["status"] = "discard"
+    history.append({"id": "0009", "status": "confirm", "description": "confirm 0004"})
+    assert plateau(history, 3) == 3 and plateau(history, 4) == 0 and plateau(history, 0) == 0
+    history.append({"id": "0010", "status": "keep", "description": "x"})
+    assert plateau(history, 1) == 0
+
+
+def test_a_hypothesis_is_shown_with_its_attempt():
+    history = rows(2)
+    history[-1] |= {"status": "discard", "why": "gated units train faster per token"}
+    assert "| why: gated units train faster per token" in journal(history, 6000)

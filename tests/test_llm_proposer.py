@@ -146,6 +146,30 @@ def test_invalid_candidate_goes_back_with_the_validation_reason(server):
     assert "could not be applied: syntax error at line 3" in retry
 
 
+def test_the_hypothesis_is_kept_and_program_md_is_read_again_when_it_changes(server, tmp_path):
+    program = tmp_path / "program.md"
+    program.write_text("FIRST PROGRAM")
+    server.add(GOOD.replace("\n", "\nWHY: warmup is too short for this LR\n", 1), GOOD)
+    proposer = make_proposer(server, program_path=program)
+    first = proposer.propose(request())
+    assert first.why == "warmup is too short for this LR"
+    program.write_text("SECOND PROGRAM, edited while the run goes on")
+    second = proposer.propose(request())
+    assert server.requests[0]["messages"][0]["content"] == "FIRST PROGRAM"
+    assert server.requests[1]["messages"][0]["content"].startswith("SECOND PROGRAM")
+    assert first.program != second.program and len(second.program) == 12
+    assert second.why == ""
+
+
+def test_a_plateau_asks_for_a_bolder_change():
+    assert "No change has been kept in the last 25" in build_user_message(
+        ProposalRequest("x = 1\n", "", "", 0, plateau=25)
+    )
+    assert "No change has been kept" not in build_user_message(
+        ProposalRequest("x = 1\n", "", "", 0)
+    )
+
+
 def test_the_transcript_holds_every_turn_and_the_system_prompt_by_hash(server):
     bad = edit("LR = 0.01", "LR = = 0.02")
     server.add(bad, GOOD)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -391,7 +392,8 @@ def _read(path: Path) -> str:
 
 
 def test_run_with_the_llm_proposer(repo, data_dir):
-    with ScriptedLLMServer(["OK", GOOD]) as server:  # the preflight's reply, then the edit
+    reply = GOOD.replace("\n", "\nWHY: the loss still falls fast at the deadline\n", 1)
+    with ScriptedLLMServer(["OK", reply]) as server:  # the preflight's reply, then the edit
         proc = cli(
             repo,
             data_dir,
@@ -415,12 +417,15 @@ def test_run_with_the_llm_proposer(repo, data_dir):
     rows = ResultsFile(repo / "workspace/runs/llm/results.tsv").rows()
     assert rows[1]["proposer"] == "llm"
     assert rows[1]["description"] == "raise the learning rate"
+    assert rows[1]["why"] == "the loss still falls fast at the deadline"
+    program_sha = hashlib.sha256((repo / "program.md").read_bytes()).hexdigest()
+    assert rows[1]["program"] == program_sha[:12]
     assert int(rows[1]["prompt_tokens"]) > 0 and float(rows[1]["cost_usd"]) > 0
     assert "LR = 0.05" in (repo / "workspace/runs/llm/0001/candidate.diff").read_text()
     # The transcript: what the LLM was sent and answered; the system prompt once, by hash.
     transcript = (repo / "workspace/runs/llm/0001/transcript.md").read_text()
     program = (repo / "program.md").read_text()
-    assert "## user" in transcript and "## assistant" in transcript and GOOD.strip() in transcript
+    assert "## user" in transcript and "## assistant" in transcript and reply.strip() in transcript
     assert program not in transcript
     prompts = list((repo / "workspace/runs/llm/prompts").iterdir())
     assert [p.read_text() for p in prompts] == [program] and prompts[0].name in transcript

@@ -349,3 +349,15 @@ def test_a_description_with_dollar_signs_is_drawn_as_text(tmp_path):
     rows = [{k: str(v) for k, v in r.items()} for r in rows]
     path = plot_progress(rows, tmp_path / "p.png", "dollars")
     assert path.stat().st_size > 10_000
+
+
+def test_a_kept_change_shows_its_hypothesis(tmp_path, repo, commits):
+    c0, c1 = commits[0], commits[1]
+    path = tmp_path / "runs" / TAG / "results.tsv"
+    ResultsFile(path).append(row(c0, "keep", 2.5, "baseline", "0000", c0))
+    ResultsFile(path).append(
+        row(c1, "keep", 2.4, "raise the LR", "0001", c0, why="the loss was still falling fast")
+    )
+    rows = ResultsFile(path).rows()
+    _, report = write_report(TAG, rows, summary_of(rows), path.parent, repo)
+    assert "raise the LR (why: the loss was still falling fast) |" in report.read_text()

@@ -15,6 +15,9 @@ class ProposalRequest:
     # A change that won on an older train.py and conflicts with the current one: its
     # description and diff, for the LLM to combine with the current best ("" if none).
     combine: str = ""
+    # Experiments since the last keep, when that is at least the plateau setting (else 0):
+    # the request then asks for a larger or a different kind of change.
+    plateau: int = 0
 
 
 @dataclass
@@ -32,6 +35,8 @@ class Proposal:
     # What the LLM was sent and answered, retries included (the system prompt by its
     # sha256 only): {"model", "system_sha256", "system", "messages": [{role, content}]}.
     transcript: dict | None = None
+    why: str = ""  # the LLM's one-line hypothesis (WHY:), shown in the journal and report
+    program: str = ""  # sha256 (12) of the program.md the proposal was made under
 
 
 class LLMUnavailable(Exception):

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 from typing import Any
 
 import openai
 
-from orchestrator.edits import EditError, apply_reply, extract_description
+from orchestrator.edits import EditError, apply_reply, extract_description, extract_why
 from orchestrator.proposers.base import LLMUnavailable, Proposal, ProposalRequest
 from orchestrator.validate import CandidateRejected, validate_candidate
 
@@ -33,7 +34,8 @@ _MAX_ERROR_CHARS = 200
 
 INSTRUCTION = (
     "Propose one change to train.py that you expect to lower val_bpb within the time budget. "
-    "Reply with a line `DESCRIPTION: <what changes and why>` followed by one or more "
+    "Reply with a line `DESCRIPTION: <what changes>`, a line `WHY: <your hypothesis, one "
+    "line>`, then one or more "
     "SEARCH/REPLACE blocks:\n"
     "<<<<<<< SEARCH\nexact existing lines of train.py\n=======\nreplacement lines\n"
     ">>>>>>> REPLACE\n"
@@ -78,6 +80,7 @@ class LLMProposer:
         price_in_per_mtok: float = 0.0,
         price_out_per_mtok: float = 0.0,
         max_bytes: int = 64_000,
+        program_path: Path | None = None,
     ) -> None:
         # Local servers take no key, but the client insists on one.
         if api_key is None and base_url is not None:
@@ -92,6 +95,9 @@ class LLMProposer:
         self.price_in_per_mtok = price_in_per_mtok
         self.price_out_per_mtok = price_out_per_mtok
         self.max_bytes = max_bytes
+        # program.md, read again when it changes (a human steering a live run)
+        self.program_path = program_path
+        self._program_stat: tuple[int, int] | None = None
 
     def preflight(self) -> None:
         """One tiny request (endpoint, key, model), with one retry: LLMUnavailable if it fails."""
@@ -114,7 +120,20 @@ class LLMProposer:
         """Release the HTTP connection pool."""
         self._client.close()
 
+    def _reread_program(self) -> None:
+        if self.program_path is None:
+            return
+        try:
+            st = self.program_path.stat()
+            if (st.st_mtime_ns, st.st_size) != self._program_stat:
+                self.system_prompt = self.program_path.read_text()
+                self._program_stat = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            pass  # gone or unreadable for a moment: the last one read stays
+
     def propose(self, request: ProposalRequest) -> Proposal:
+        self._reread_program()
+        program = hashlib.sha256(self.system_prompt.encode()).hexdigest()[:12]
         messages: list[dict[str, str]] = [
             {"role": "system", "content": self.system_prompt},
             {"role": "user", "content": build_user_message(request)},
@@ -162,8 +181,12 @@ class LLMProposer:
                 proposer=self.name,
                 usage=self._priced(usage),
                 transcript=self._transcript_of(messages),
+                why=extract_why(reply),
+                program=program,
             )
-        return self._rejected(reason, description, usage, messages)
+        rejected = self._rejected(reason, description, usage, messages)
+        rejected.program = program
+        return rejected
 
     def _rejected(
         self, reason: str, description: str, usage: dict[str, Any], messages: list[dict]
@@ -225,6 +248,12 @@ def build_user_message(request: ProposalRequest) -> str:
             "current one. Combine it with the current best train.py:",
             _fenced(request.combine, "diff"),
         ]
+    if request.plateau:
+        parts.append(
+            f"No change has been kept in the last {request.plateau} experiments: small "
+            "tweaks of the same knobs are not moving val_bpb. Try a larger change, or a "
+            "different kind (architecture, optimizer, schedule, data order, batch size)."
+        )
     parts.append(INSTRUCTION)
     return "\n\n".join(parts)
 

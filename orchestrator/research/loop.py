@@ -265,9 +265,11 @@ class Research:
     # ----- proposals -----
     def propose(self, combine: str = "") -> None:
         """Start one proposal on a thread; the loop collects it when it is made."""
+        rows = self.results.rows()
         request = ProposalRequest(
             source=self.git.read(self.frontier),
-            journal=journal.journal(self.results.rows(), self.policy.journal_tokens),
+            journal=journal.journal(rows, self.policy.journal_tokens),
+            plateau=journal.plateau(rows, self.policy.plateau),
             failure_tail=self.judge.failure_tail,
             seed=self.seed * 1_000_003 + self.recorder.first_id() + self.proposals.started,
             combine=combine,
@@ -275,11 +277,9 @@ class Research:
         self.proposals.start(request, self.frontier)
 
     def _propose_ahead(self) -> None:
-        """Keep enough proposals coming that no worker waits for one: fill the free slots,
-        plus what the running jobs will free during one proposal's latency."""
+        """Proposals for the free slots and those running jobs free within one's latency."""
         if self.policy.sequential:
-            busy = self.flights or self.ready or self.judge.parked or self.judge.confirming
-            want = 0 if busy else 1
+            want = int(self.idle())  # one proposal, once all before it is decided
         else:
             want = self.capacity() - len(self.flights) - len(self.ready)
             if self.proposals.latency is not None:

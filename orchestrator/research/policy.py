@@ -44,6 +44,7 @@ class Policy:
     llm_concurrency: int = defaults.LLM_CONCURRENCY  # proposals being made at once
     llm_rate_per_min: float | None = None  # proposals started per minute (None: no cap)
     journal_tokens: int = defaults.JOURNAL_TOKENS  # the journal's size in the prompt, at most
+    plateau: int = defaults.PLATEAU  # experiments without a keep before asking for bolder ones
     llm_failures: int = defaults.LLM_FAILURES  # LLM failures of one kind in a row: stop
     llm_backoff_s: float = defaults.LLM_BACKOFF_S  # wait after one, tripled after each next
     sequential: bool = False  # propose, run, decide, one at a time (the old loop)

@@ -35,6 +35,7 @@ class Proposals:
         self._next_at = 0.0  # monotonic: the rate limit's next start
         self.failures: list[str] = []  # the LLM failures in a row, all of one kind
         self.broken = ""  # why proposing stopped (the same failure llm_failures times)
+        self.program = ""  # the hash of the program.md the last LLM proposal was made under
         self.lost_usd = 0.0  # spent on calls that ended in a failure (no row holds it)
 
     def may_start(self, want: int, limit: int | None) -> bool:
@@ -91,6 +92,10 @@ class Proposals:
                 usage=proposal.usage,
                 seconds=round(seconds, 3),
             )
+            if proposal.program and proposal.program != self.program:
+                if self.program:  # program.md was edited while the run goes on
+                    self.log.info("program.changed", was=self.program, now=proposal.program)
+                self.program = proposal.program
             if proposal.failure is not None:
                 self._failed(proposal)
                 continue

@@ -71,6 +71,8 @@ def make_row(exp: Experiment, result: Result, status: RowStatus, note: str | Non
         ),
         "seed": exp.run["seed"] if exp.run else None,
         "cage": result.get("cage"),
+        "why": exp.proposal.why,
+        "program": exp.proposal.program,
     }
 
 

@@ -123,7 +123,7 @@ function keptRow(r, i, base) {
   cell(tr, num(v, 6), "num");
   const delta = base && typeof v === "number" ? v - base : null;
   cell(tr, i === 0 ? "baseline" : num(delta, 6), "num");
-  cell(tr, desc(r.description));
+  cell(tr, desc(r.why ? r.description + "  (why: " + r.why + ")" : r.description));
   return tr;
 }
 
