@@ -74,3 +74,48 @@ def test_pause_holds_new_work_and_resume_goes_on(repo, data_dir):
     # No live run any more: one line, exit 1.
     late = _cli(repo, env, "pause", "--tag", "steer")
     assert late.returncode == 1 and late.stderr.strip().endswith("pass --redis-url or REDIS_URL)")
+
+
+def test_submit_a_file_and_an_idea_on_a_live_run(repo, data_dir, tmp_path):
+    """A human's train.py runs as a candidate (proposer `human`); an idea reaches the next
+    LLM request. Bad input is one line, exit 2, and nothing is queued."""
+    from tests.llm_server import ScriptedLLMServer
+    from tests.test_loop import GOOD
+
+    mine = tmp_path / "mine.py"
+    mine.write_text((repo / "workspace/train.py").read_text().replace("LR = 0.03", "LR = 0.02"))
+    broken = tmp_path / "broken.py"
+    broken.write_text("def build_model(ctx):\n    return (\n")
+    folder = repo / "workspace/runs/human"
+    with ScriptedLLMServer(["OK", *[GOOD] * 40]) as server:
+        env = clean_env(
+            AUTORESEARCH_DATA_DIR=str(data_dir),
+            AUTORESEARCH_LLM_BASE_URL=server.base_url,
+            AUTORESEARCH_PROPOSER="llm",
+        )
+        args = ["run", "--tag", "human", "--runner", "simulate", "--sequential"]
+        args += ["--train-wall", "5", "--eval-wall", "5", "--noise-runs", "1", "--no-confirm"]
+        proc = start(repo, env, *args, "--max-experiments", "3")
+        try:
+            results = ResultsFile(folder / "results.tsv")
+            _wait_for(lambda: len(results.rows()) >= 1, what="the baseline's row")
+            bad = _cli(repo, env, "submit", str(broken), "--tag", "human")
+            assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+            assert "broken.py: " in bad.stderr
+            sent = _cli(
+                repo, env, "submit", str(mine), "--tag", "human", "--description", "LR 0.02 by hand"
+            )
+            assert sent.returncode == 0, sent.stderr
+            idea = "try a cosine schedule with no warmup"
+            sent = _cli(repo, env, "submit", "--idea", idea, "--tag", "human")
+            assert sent.returncode == 0, sent.stderr
+            assert proc.wait(timeout=300) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        asked = [r["messages"][-1]["content"] for r in server.requests[1:]]
+    rows = ResultsFile(folder / "results.tsv").rows()
+    human = [r for r in rows if r["proposer"] == "human"]
+    assert [r["description"] for r in human] == ["LR 0.02 by hand"]
+    assert human[0]["status"] in ("keep", "discard")  # it ran and was judged
+    assert any(idea in text for text in asked)  # the next LLM request carried the idea

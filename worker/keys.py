@@ -12,6 +12,7 @@ RQ's; these are ours, all under `autoresearch:`.
   autoresearch:<tag>:log              stream: a run's interleaved log (every id, decisions)
   autoresearch:<tag>:log:<id>         stream: one experiment's output lines and metrics
   autoresearch:<tag>:paused           string: set while a run is paused (who and when)
+  autoresearch:<tag>:inbox            list: `autoresearch submit`'s train.py files and ideas
   autoresearch:gpu:<host>:<index>     string: which worker holds that GPU (expires)
 """
 
@@ -56,6 +57,11 @@ def log_stream_key(tag: str, exp_id: str) -> str:
 def paused_key(tag: str) -> str:
     """Set by `autoresearch pause`: the run queues nothing new until `resume` deletes it."""
     return f"autoresearch:{tag}:paused"
+
+
+def inbox_key(tag: str) -> str:
+    """`autoresearch submit` pushes JSON here; the loop takes it within a second."""
+    return f"autoresearch:{tag}:inbox"
 
 
 def gpu_key(host: str, index: int) -> str:

@@ -31,7 +31,7 @@ from orchestrator.cli.observe import (
 )
 from orchestrator.cli.prepare import add_prepare, cmd_prepare
 from orchestrator.cli.run import add_run, cmd_run
-from orchestrator.cli.steer import add_steer, cmd_pause, cmd_resume
+from orchestrator.cli.steer import add_steer, add_submit, cmd_pause, cmd_resume, cmd_submit
 from orchestrator.cli.workers import add_worker, cmd_worker
 
 EXAMPLES = """\
@@ -49,6 +49,8 @@ examples:
   autoresearch report                      # progress.png and report.md in the run folder
   autoresearch dashboard                   # http://127.0.0.1:8765/: chart, workers, live logs
   autoresearch pause --tag nov28           # finish what runs, queue nothing new; then: resume
+  autoresearch submit my_train.py          # your train.py, judged like the LLM's
+  autoresearch submit --idea "try RMSNorm without the learned scale"
   autoresearch verify 0012 --tag nov28     # re-run a recorded experiment, compare
   autoresearch run --tag dry --runner simulate --local-workers 8   # the scheduler, no GPU
 """
@@ -65,6 +67,7 @@ COMMANDS = {
     "verify": cmd_verify,
     "pause": cmd_pause,
     "resume": cmd_resume,
+    "submit": cmd_submit,
 }
 
 
@@ -87,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_dashboard,
         add_report,
         add_steer,
+        add_submit,
     ):
         add(sub)
     return parser

@@ -18,6 +18,7 @@ class ProposalRequest:
     # Experiments since the last keep, when that is at least the plateau setting (else 0):
     # the request then asks for a larger or a different kind of change.
     plateau: int = 0
+    idea: str = ""  # a human's idea (`autoresearch submit --idea`) this proposal must try
 
 
 @dataclass

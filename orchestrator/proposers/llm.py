@@ -248,6 +248,11 @@ def build_user_message(request: ProposalRequest) -> str:
             "current one. Combine it with the current best train.py:",
             _fenced(request.combine, "diff"),
         ]
+    if request.idea.strip():
+        parts.append(
+            "A human watching this run asks you to try this idea in this experiment "
+            f"(one experiment: make it a fair test of the idea):\n{request.idea.strip()}"
+        )
     if request.plateau:
         parts.append(
             f"No change has been kept in the last {request.plateau} experiments: small "

@@ -8,6 +8,7 @@ the live workers, and fetching a killed orchestrator's jobs back.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -70,6 +71,7 @@ class Jobs:
         self.flights: dict[str, Flight] = {}
         self.workers: list[str] = []
         self.paused = False  # `autoresearch pause`: nothing new is queued
+        self.inbox: list[dict[str, Any]] = []  # `autoresearch submit`'s, not taken yet
         self._cleaned_at = 0.0
         self._no_worker_since: float | None = None
         self._warned_no_worker = False
@@ -207,17 +209,28 @@ class Jobs:
         except (InvalidJobOperation, NoSuchJobError, redis.RedisError) as exc:
             self.log.warning("cancel_failed", id=job.id, error=str(exc))
 
+    def take_inbox(self, parent: str) -> list[tuple[dict[str, Any], str]]:
+        """What `autoresearch submit` sent since the last call, each with `parent`."""
+        taken, self.inbox = self.inbox, []
+        return [(item, parent) for item in taken]
+
     def sweep_abandoned(self) -> None:
         """A worker that died mid-job stops heartbeating; RQ's registry cleanup then fails
         the job as abandoned and, with a retry left, requeues it for another."""
         StartedJobRegistry(queue=self.queue).cleanup()
 
     def refresh_workers(self) -> None:
-        """Whether the run is paused; the live workers (one SMEMBERS; a dead worker's stale
+        """Whether the run is paused and what was submitted to it; the live workers (one SMEMBERS; a dead worker's stale
         key is swept every ten refreshes), said when they change and when jobs wait with
         none; a confirmation waiting in the queue of a worker that left goes to the shared
         queue's front."""
-        paused = bool(self.redis.exists(keys.paused_key(self.tag)))
+        pipe = self.redis.pipeline()
+        pipe.exists(keys.paused_key(self.tag))
+        pipe.lrange(keys.inbox_key(self.tag), 0, -1)
+        pipe.delete(keys.inbox_key(self.tag))
+        exists, submitted, _ = pipe.execute()
+        self.inbox += [json.loads(item) for item in submitted]
+        paused = bool(exists)
         if paused != self.paused:
             self.log.info("run.paused" if paused else "run.resumed", in_flight=len(self.flights))
             self.paused = paused

@@ -82,7 +82,8 @@ class Research:
         self.recorder.published = self.publish_state
         llm = self.proposer.name == "llm"
         self.judge = Judge(self.recorder, self.policy, self.fingerprint, llm, self.log)
-        self.proposals = Proposals(self.proposer, self.policy, self.log)
+        inbox = lambda: self.jobs.take_inbox(self.frontier)  # noqa: E731
+        self.proposals = Proposals(self.proposer, self.policy, self.log, inbox)
         self.results = self.recorder.results
         self.harness_sha256 = self.recorder.harness_sha256
         self.started = time.monotonic()
@@ -246,12 +247,7 @@ class Research:
         return False
 
     def spent_usd(self) -> float:
-        """LLM spend: recorded rows, proposals made but not recorded yet, failed calls."""
-        recorded = sum(float(r.get("cost_usd") or 0) for r in self.results.rows())
-        pending = [f.proposal for f in self.flights.values()] + [r.proposal for r in self.ready]
-        pending += [f.proposal for f, _ in self.judge.parked + [*self.judge.confirming.values()]]
-        pending_usd = sum(float(p.usage.get("cost_usd") or 0) for p in pending)
-        return recorded + pending_usd + self.proposals.lost_usd
+        return spent_usd(self)
 
     # ----- workers and capacity -----
     def capacity(self) -> int:
@@ -273,6 +269,7 @@ class Research:
             failure_tail=self.judge.failure_tail,
             seed=self.seed * 1_000_003 + self.recorder.first_id() + self.proposals.started,
             combine=combine,
+            idea=self.proposals.take_idea(),
         )
         self.proposals.start(request, self.frontier)
 
@@ -459,3 +456,12 @@ class Research:
         }
         self.publisher.state(state, rows)
         describe_bar(self.recorder.bar, rows, self.best, len(self.flights))
+
+
+def spent_usd(r: Research) -> float:
+    """A run's LLM spend: recorded rows, proposals made but not recorded yet, failed calls."""
+    recorded = sum(float(row.get("cost_usd") or 0) for row in r.results.rows())
+    pending = [f.proposal for f in r.flights.values()] + [item.proposal for item in r.ready]
+    pending += [f.proposal for f, _ in r.judge.parked + [*r.judge.confirming.values()]]
+    pending_usd = sum(float(p.usage.get("cost_usd") or 0) for p in pending)
+    return recorded + pending_usd + r.proposals.lost_usd

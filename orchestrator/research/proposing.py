@@ -15,7 +15,7 @@ from __future__ import annotations
 import queue as queuelib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from orchestrator import defaults
@@ -26,8 +26,12 @@ from orchestrator.validate import CandidateRejected, validate_candidate
 
 
 class Proposals:
-    def __init__(self, proposer: Proposer, policy: Policy, log: Any):
-        self.proposer, self.policy, self.log = proposer, policy, log
+    def __init__(
+        self, proposer: Proposer, policy: Policy, log: Any, inbox: Callable[[], list] = list
+    ):
+        """inbox: what humans submitted since the last call, as (item, parent) pairs."""
+        self.proposer, self.policy, self.log, self.inbox = proposer, policy, log, inbox
+        self.ideas: list[str] = []  # humans' ideas for the next LLM proposals
         self.made: queuelib.SimpleQueue = queuelib.SimpleQueue()  # (Proposal, parent, s)
         self.running = 0  # proposal threads running
         self.started = 0  # proposals started this session (max_experiments counts these)
@@ -75,6 +79,8 @@ class Proposals:
         """The made proposals and the frontier each was written against, validated (a
         rejected one says why). Time-boxed: validating and committing a burst of proposals
         must not hold up polling and dispatching for the workers that are free now."""
+        for item, parent in self.inbox():
+            self._submitted(item, parent)
         until = time.monotonic() + defaults.COLLECT_SLICE_S
         while time.monotonic() < until:
             try:
@@ -82,8 +88,11 @@ class Proposals:
             except queuelib.Empty:
                 return
             self.running -= 1
-            a = 0.3
-            self.latency = seconds if self.latency is None else a * seconds + (1 - a) * self.latency
+            if proposal.proposer != "human":  # made by the proposer: its latency counts
+                a = 0.3
+                self.latency = (
+                    seconds if self.latency is None else a * seconds + (1 - a) * self.latency
+                )
             self.log.info(
                 "proposal",
                 proposer=proposal.proposer,
@@ -106,6 +115,23 @@ class Proposals:
                 except CandidateRejected as exc:
                     proposal.rejected = str(exc)
             yield proposal, parent
+
+    def _submitted(self, item: dict[str, Any], parent: str) -> None:
+        """A human's train.py becomes a proposal like any other (validated, queued, judged
+        with the noise margin and confirmation); an idea waits for the next LLM request."""
+        if item.get("kind") == "file":
+            proposal = Proposal(item["source"], item["description"], "human")
+            self.running += 1  # collect() counts it out like a made one
+            self.made.put((proposal, parent, 0.0))
+            self.log.info("submitted", kind="file", description=item["description"])
+        elif self.proposer.name == "llm":
+            self.ideas.append(item["text"])
+            self.log.info("submitted", kind="idea", text=item["text"])
+        else:
+            self.log.warning("idea.ignored", text=item["text"], why="the proposer is mutate")
+
+    def take_idea(self) -> str:
+        return self.ideas.pop(0) if self.ideas else ""
 
     def _failed(self, proposal: Proposal) -> None:
         """Back off; at llm_failures of one kind in a row, break."""
