@@ -4,7 +4,8 @@ Why: the journal lists every attempt (orchestrator/journal.py), so the prompt gr
 the run until the journal's budget (AUTORESEARCH_JOURNAL_TOKENS) caps it. This prints the
 user message the LLM proposer sends (workspace/train.py + journal + instruction) and the
 system prompt (program.md), in tokens estimated at 4 characters a token, for synthetic
-rows: descriptions like the mutate proposer's and LLM-length ones, 3% keeps.
+rows: descriptions like the mutate proposer's and LLM-length ones, each with what its diff
+touched, 3% keeps.
 
     python bench/journal.py [--budget 6000]
 """
@@ -60,7 +61,9 @@ def main() -> None:
     print(f"journal budget {args.budget} tokens; system prompt (program.md) {system} tokens")
     print(f"{'rows':>6} {'journal':>8} {'listed':>7} {'user msg':>9} {'prompt':>7}")
     for n in (10, 100, 1000):
-        text = journal(synthetic_rows(n), args.budget)
+        rows = synthetic_rows(n)
+        touched = {r["id"]: "MATRIX_LR, WARMUP_RATIO; +2 -2 lines" for r in rows}
+        text = journal(rows, args.budget, touched)
         user = build_user_message(ProposalRequest(source, text, "", 0))
         listed = sum(1 for line in text.splitlines() if line.startswith("  0"))
         print(

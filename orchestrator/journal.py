@@ -16,12 +16,33 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
 
 
-def journal(rows: list[dict[str, Any]], budget_tokens: int, line_chars: int = 160) -> str:
+_NAME = re.compile(r"^[+-]\s*(?:def |class )?([A-Za-z_]\w*)\s*[(:=]")
+
+
+def diff_summary(diff: str) -> str:
+    """What a unified diff touched, in a few words: the names it assigns or defines on
+    changed lines (the knobs), and its size, e.g. "MATRIX_LR, WARMUP; +2 -2 lines"."""
+    changed = [
+        line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")
+    ]
+    names = list(dict.fromkeys(m.group(1) for line in changed if (m := _NAME.match(line))))
+    added = sum(line.startswith("+") for line in changed)
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    return f"{shown + '; ' if shown else ''}+{added} -{len(changed) - added} lines"
+
+
+def journal(
+    rows: list[dict[str, Any]],
+    budget_tokens: int,
+    summaries: dict[str, str] | None = None,
+    line_chars: int = 160,
+) -> str:
     """All a run has tried, in at most `budget_tokens` (estimated), for the next proposal.
 
     An LLM shown only the last rows cannot know, a few hundred experiments in, what was
     tried: it proposes discarded ideas again. So every attempt gets one line (id, outcome,
-    gain where the decision measured one, description, hypothesis), in two groups:
+    gain where the decision measured one, description, what its diff touched (`summaries`,
+    from diff_summary), hypothesis), in two groups:
 
     - **kept**: the current train.py's history, oldest first, in up to two thirds of the
       budget (the newest, when they do not all fit): the frontier is what the next change
@@ -34,6 +55,7 @@ def journal(rows: list[dict[str, Any]], budget_tokens: int, line_chars: int = 16
     token rather than counted: the proposer must not depend on one tokenizer, and a bound
     that is off by 10-20% serves the purpose (the prompt stays far from the context limit).
     """
+    summaries = summaries or {}
     attempts = [r for r in rows if r.get("status") not in REPEATS]
     if not attempts:
         return ""
@@ -48,7 +70,8 @@ def journal(rows: list[dict[str, Any]], budget_tokens: int, line_chars: int = 16
         why = f" | why: {r['why']}" if r.get("why") else ""
         text = f"{r.get('id', '?')} {r.get('status', '?'):<9} val_bpb {bpb}"
         text += f" (gain {gain.group(1)})" if gain else ""
-        text += f": {r.get('description', '')}{why}"
+        touched = f" [{summaries[r['id']]}]" if r.get("id") in summaries else ""
+        text += f": {r.get('description', '')}{touched}{why}"
         return text if len(text) <= line_chars else text[: line_chars - 3] + "..."
 
     head = f"{len(attempts)} experiments so far"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from orchestrator.journal import estimate_tokens, journal, plateau
+from orchestrator.journal import diff_summary, estimate_tokens, journal, plateau
 from orchestrator.proposers.base import ProposalRequest
 from orchestrator.proposers.llm import build_user_message
 
@@ -85,3 +85,15 @@ def test_a_hypothesis_is_shown_with_its_attempt():
     history = rows(2)
     history[-1] |= {"status": "discard", "why": "gated units train faster per token"}
     assert "| why: gated units train faster per token" in journal(history, 6000)
+
+
+def test_a_diff_is_summed_up_by_the_names_it_touches():
+    diff = (
+        "--- a/train.py\n+++ b/train.py\n@@ -1,3 +1,4 @@\n"
+        "-MATRIX_LR = 0.04  # lr\n+MATRIX_LR = 0.05  # lr\n"
+        "+def norm(x):\n+    return x\n context\n"
+    )
+    assert diff_summary(diff) == "MATRIX_LR, norm; +3 -1 lines"
+    history = rows(2)
+    text = journal(history, 6000, {history[-1]["id"]: diff_summary(diff)})
+    assert "[MATRIX_LR, norm; +3 -1 lines]" in text

@@ -76,9 +76,11 @@ def test_pause_holds_new_work_and_resume_goes_on(repo, data_dir):
     assert late.returncode == 1 and late.stderr.strip().endswith("pass --redis-url or REDIS_URL)")
 
 
-def test_submit_a_file_and_an_idea_on_a_live_run(repo, data_dir, tmp_path):
+def test_submit_a_file_an_idea_and_a_new_program_on_a_live_run(repo, data_dir, tmp_path):
     """A human's train.py runs as a candidate (proposer `human`); an idea reaches the next
-    LLM request. Bad input is one line, exit 2, and nothing is queued."""
+    LLM request; program.md edited mid-run is the next request's system prompt, logged,
+    and the rows say which one each proposal was made under. Bad input is one line, exit
+    2, and nothing is queued."""
     from tests.llm_server import ScriptedLLMServer
     from tests.test_loop import GOOD
 
@@ -109,13 +111,24 @@ def test_submit_a_file_and_an_idea_on_a_live_run(repo, data_dir, tmp_path):
             idea = "try a cosine schedule with no warmup"
             sent = _cli(repo, env, "submit", "--idea", idea, "--tag", "human")
             assert sent.returncode == 0, sent.stderr
+            # After the first proposal's request (the preflight's was the first request):
+            _wait_for(lambda: len(server.requests) >= 2, what="the first LLM proposal")
+            program = repo / "program.md"
+            program.write_text(program.read_text() + "\nPrefer changes to the schedule.\n")
             assert proc.wait(timeout=300) == 0
         finally:
             if proc.poll() is None:
                 proc.kill()
-        asked = [r["messages"][-1]["content"] for r in server.requests[1:]]
+        asked = [r["messages"][1]["content"] for r in server.requests[1:]]
+        systems = [r["messages"][0]["content"] for r in server.requests[1:]]
     rows = ResultsFile(folder / "results.tsv").rows()
     human = [r for r in rows if r["proposer"] == "human"]
     assert [r["description"] for r in human] == ["LR 0.02 by hand"]
     assert human[0]["status"] in ("keep", "discard")  # it ran and was judged
     assert any(idea in text for text in asked)  # the next LLM request carried the idea
+    # program.md: the old one, then the edited one (never back), each row saying which.
+    edited = [s.endswith("Prefer changes to the schedule.\n") for s in systems]
+    assert edited[0] is False and edited[-1] is True and edited == sorted(edited)
+    programs = [r["program"] for r in rows if r["proposer"] == "llm"]
+    assert len(set(programs)) == 2 and programs == sorted(programs, key=programs.index)
+    assert any(e["event"] == "program.changed" for e in _events(folder))

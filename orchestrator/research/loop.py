@@ -264,7 +264,7 @@ class Research:
         rows = self.results.rows()
         request = ProposalRequest(
             source=self.git.read(self.frontier),
-            journal=journal.journal(rows, self.policy.journal_tokens),
+            journal=journal.journal(rows, self.policy.journal_tokens, self.recorder.touched()),
             plateau=journal.plateau(rows, self.policy.plateau),
             failure_tail=self.judge.failure_tail,
             seed=self.seed * 1_000_003 + self.recorder.first_id() + self.proposals.started,

@@ -17,6 +17,7 @@ from typing import Any
 from harness import bars
 from orchestrator import defaults
 from orchestrator.gitstore import GitStore
+from orchestrator.journal import diff_summary
 from orchestrator.proposers.base import Proposal
 from orchestrator.research import stopping
 from orchestrator.research.publish import Publisher
@@ -92,6 +93,7 @@ class Recorder:
         self.bar: bars.Bar = bars.silent()  # the run's bar, once it has one
         self.published = lambda: None  # called after a row reached Redis (the state follows)
         self._next_id: int | None = None
+        self._touched: dict[str, str] = {}  # id -> what its diff changed (the journal's)
         self._first_id: int | None = None
 
     def new_id(self) -> str:
@@ -172,6 +174,15 @@ class Recorder:
             note=note,
             description=exp.description,
         )
+
+    def touched(self) -> dict[str, str]:
+        """id -> a few words on what its candidate.diff changed, read once per id."""
+        for row in self.results.rows():
+            exp_id = row.get("id", "")
+            if exp_id and exp_id not in self._touched:
+                diff = self.folder / exp_id / "candidate.diff"
+                self._touched[exp_id] = diff_summary(diff.read_text()) if diff.is_file() else ""
+        return {k: v for k, v in self._touched.items() if v}
 
     def write_transcript(self, folder: Path, proposal: Proposal) -> None:
         """transcript.md: what the LLM was sent and answered for this experiment, retries
