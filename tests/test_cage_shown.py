@@ -22,9 +22,12 @@ def _rows(tmp_path, cages):
     return results.rows()
 
 
-def test_rows_record_the_cage_last_so_old_notebooks_still_read_them(tmp_path):
+def test_rows_record_the_cage_after_the_older_columns_so_old_notebooks_still_read_them(
+    tmp_path,
+):
     assert COLUMNS[:5] == ("commit", "val_bpb", "memory_gb", "status", "description")
-    assert COLUMNS[-1] == "cage"
+    # Columns are only ever added at the end: the cage's place (after seed) never moves.
+    assert COLUMNS.index("cage") == COLUMNS.index("seed") + 1 == 21
     assert [r["cage"] for r in _rows(tmp_path, ["process", "process-weak"])] == [
         "process",
         "process-weak",

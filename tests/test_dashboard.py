@@ -7,12 +7,15 @@ Needs Debian's `chromium` package (.ci/run installs it); without it the tests fa
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -440,3 +443,26 @@ def test_no_rows_no_chart(tmp_path, served):
     snap = get_json(url + "api/state")
     assert snap["rows"] == 0 and snap["best"] is None
     assert get_json(url + "api/log") == {"entries": [], "last": "0-0", "more": False}
+
+
+def test_the_page_says_paused_and_shows_a_keeps_hypothesis(tmp_path, served):
+    """A live run (its state fresh, its orchestrator this process) that is paused: the pill
+    says so; a kept change's WHY is next to its description on the leaderboard."""
+    runs = tmp_path / "runs"
+    results = ResultsFile(runs / "t" / defaults.RESULTS_FILE)
+    base = {"commit": "a" * 7, "time": "2026-01-01T00:00:00+00:00"}
+    results.append(
+        {**base, "id": "0000", "val_bpb": 1.0, "status": "keep", "description": "baseline"}
+    )
+    results.append(
+        {**base, "id": "0001", "val_bpb": 0.9, "status": "keep", "description": "raise LR"}
+        | {"why": "the loss still falls fast at the deadline"}
+    )
+    state = {"status": "running", "updated": f"{time.time():.3f}", "paused": "1"}
+    state |= {"host": socket.gethostname(), "pid": str(os.getpid())}
+    (runs / "t" / defaults.STATE_FILE).write_text(json.dumps(state))
+    server = served(None, runs, "t")
+    dom = parse(browse(server.url, tmp_path / "chromium"))
+    assert dom.one(id="run-status").text() == "paused"
+    kept = dom.one("table", id="leaderboard").one("tr", data_id="0001")
+    assert "raise LR  (why: the loss still falls fast at the deadline)" in kept.text()

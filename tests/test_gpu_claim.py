@@ -75,7 +75,7 @@ def test_a_crashed_workers_gpu_is_taken_over(redis_server, redis_client):
         assert claim.gpu == 0
 
 
-def _worker(redis_server, data_dir, tmp_path, gpus="2"):
+def _worker(redis_server, data_dir, tmp_path, gpus="2", gpu="auto"):
     from tests.conftest import clean_env
 
     env = clean_env(
@@ -85,7 +85,7 @@ def _worker(redis_server, data_dir, tmp_path, gpus="2"):
         REDIS_URL=redis_server.url,
     )
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "worker", "--gpu", "auto", "--burst"],
+        [sys.executable, "-m", "orchestrator.cli", "worker", "--gpu", gpu, "--burst"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -162,21 +162,7 @@ def test_gpu_all_starts_one_worker_per_gpu_each_on_its_own(
 def test_gpu_all_on_a_host_without_gpus_is_one_cpu_worker(
     redis_server, redis_client, data_dir, tmp_path
 ):
-    from tests.conftest import clean_env
-
-    env = clean_env(
-        AUTORESEARCH_DATA_DIR=str(data_dir),
-        AUTORESEARCH_GPUS="0",
-        REDIS_URL=redis_server.url,
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "worker", "--gpu", "all", "--burst"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _worker(redis_server, data_dir, tmp_path, gpus="0", gpu="all")
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = _events(proc.stderr)
     assert [e["gpu"] for e in events if e["event"] == "worker.start"] == [None]

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from orchestrator.results import ResultsFile
 from tests.conftest import clean_env
-from tests.test_loop import _wait_for, start
+from tests.test_loop import _wait_for, cli, start
 
 
 def _events(folder: Path) -> list[dict]:
@@ -21,14 +20,8 @@ def _events(folder: Path) -> list[dict]:
 
 
 def _cli(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    extra = {k: v for k, v in env.items() if k != "AUTORESEARCH_DATA_DIR"}
+    return cli(repo, Path(env["AUTORESEARCH_DATA_DIR"]), *args, env=extra, timeout=60)
 
 
 def test_pause_holds_new_work_and_resume_goes_on(repo, data_dir):
