@@ -349,10 +349,9 @@ def test_a_run_resumed_after_ctrl_c_runs_what_was_cancelled(repo, data_dir):
     again = cli(repo, data_dir, *args, "--max-experiments", "1")
     assert again.returncode == 0, again.stderr[-3000:]
     reruns = [json.loads(line) for line in again.stderr.splitlines() if "reconcile.rerun" in line]
-    assert sorted((e["id"], e["was"]) for e in reruns) == [
-        ("0001", "stopped"),
-        ("0002", "canceled"),
-    ]
+    # 0001 was running (stopped); 0002, if the look-ahead had queued it yet, was cancelled.
+    was = sorted((e["id"], e["was"]) for e in reruns)
+    assert was in ([("0001", "stopped")], [("0001", "stopped"), ("0002", "canceled")]), was
     rows = ResultsFile(runs / "results.tsv").rows()
     every = [(r["id"], r["status"], r["error"]) for r in rows]
     assert [r["status"] for r in rows[:3]] == ["keep", "noise", "noise"], every
