@@ -5,7 +5,8 @@ eval phase's model server (at import, which runs in both). Each test asserts tha
 outside the experiment's scratch changed, that every attempt was refused, and that the next
 honest candidate scores exactly as before (a fixed-step candidate: the same val_bpb to the
 last digit). The process runner's cases need the kernel's cage (Landlock ABI 3+ and
-libseccomp); they skip, saying so, where it cannot hold.
+libseccomp); where it cannot hold they fail, saying why: a cage that is not there is not
+a pass.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ _REFERENCE: dict[str, float] = {}
 def runner(request, data_dir):
     if request.param == "process":
         if not HELD:
-            pytest.skip(f"the kernel cannot hold the process runner's cage: {WHY}")
+            pytest.fail(f"the kernel cannot hold the process runner's cage: {WHY}")
         return ProcessRunner(data_dir, LIMITS)
     docker_client = request.getfixturevalue("client")
     return make_runner(docker_client, request.getfixturevalue("image"), data_dir, LIMITS)

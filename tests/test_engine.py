@@ -123,3 +123,24 @@ def test_an_unreachable_engine_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("autoresearch: error: Docker engine unreachable"), lines
     assert "Traceback" not in proc.stderr
+
+
+def test_a_missing_runner_image_for_the_gpu_probe_is_one_line(tmp_path):
+    import subprocess
+
+    from tests.conftest import clean_env
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "worker", "--runner", "docker", "--gpu", "all"],
+        env=clean_env(
+            AUTORESEARCH_RUNNER_IMAGE="autoresearch-no-such-image:latest",
+            REDIS_URL="redis://127.0.0.1:1/0",
+            AUTORESEARCH_DATA_DIR=str(tmp_path),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("autoresearch: error: runner image autoresearch-no-such-image:latest")

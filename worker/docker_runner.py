@@ -195,10 +195,7 @@ class DockerRunner(Runner):
                 stdin_open=waits,
             )
         except docker.errors.ImageNotFound:
-            raise InfraError(
-                f"runner image {self.image} not found: build it (docker build -f "
-                f"docker/runner.Dockerfile -t {self.image} .) or set AUTORESEARCH_RUNNER_IMAGE"
-            ) from None
+            raise image_not_found(self.image) from None
         except (docker.errors.DockerException, requests.RequestException) as exc:
             raise InfraError(f"cannot create the {phase} container: {exc}") from None
 
@@ -292,9 +289,21 @@ def _remove(container) -> None:
             raise
 
 
+def runner_image() -> str:
+    """The image phases run in: AUTORESEARCH_RUNNER_IMAGE, else the one compose builds."""
+    return os.environ.get("AUTORESEARCH_RUNNER_IMAGE", "autoresearch-runner:latest")
+
+
+def image_not_found(image: str) -> InfraError:
+    return InfraError(
+        f"runner image {image} not found: build it (docker build -f "
+        f"docker/runner.Dockerfile -t {image} .) or set AUTORESEARCH_RUNNER_IMAGE"
+    )
+
+
 def from_env(data_dir: Path, limits: Limits, gpu: int | None) -> DockerRunner:
     """A DockerRunner configured by AUTORESEARCH_RUNNER_IMAGE and friends."""
-    image = os.environ.get("AUTORESEARCH_RUNNER_IMAGE", "autoresearch-runner:latest")
+    image = runner_image()
     mounts = [m for m in os.environ.get("AUTORESEARCH_RUNNER_MOUNTS", "").split(",") if m]
     return DockerRunner(
         data_dir,

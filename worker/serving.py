@@ -6,8 +6,9 @@ Every spec carries the fingerprint of the data the orchestrator scores against. 
 with other data (another profile, another source) must not score it, and must not burn the
 job's retries refusing it either: it puts the job back at the front of the shared queue
 (also a job given to this worker alone, which nobody else would take from its own queue),
-where an idle worker with that data takes it at once, says so in one log line per fingerprint, and
-pauses before taking a job again (in burst mode, it stops). The horse checks the fingerprint once more (worker/jobs.py).
+where an idle worker with that data takes it at once; it says so in one log line per
+fingerprint and pauses before taking a job again (in burst mode, it stops). The horse
+checks the fingerprint once more (worker/jobs.py).
 """
 
 from __future__ import annotations

@@ -157,9 +157,14 @@ def _count_gpus(s: st.Settings, log: Any) -> int:
     elif count := st.count_gpus():
         why = "nvidia-smi"
     elif s.runner == "docker":
+        import docker
         from worker import engine
+        from worker.docker_runner import image_not_found, runner_image
 
-        count, why = engine.count_gpus(engine.client(), _runner_image())
+        try:
+            count, why = engine.count_gpus(engine.client(), runner_image())
+        except docker.errors.ImageNotFound:
+            raise image_not_found(runner_image()) from None
     else:
         raise st.SettingsError(
             "gpus: --gpu auto/all needs AUTORESEARCH_GPUS (no nvidia-smi found, not the docker runner)"
@@ -170,10 +175,6 @@ def _count_gpus(s: st.Settings, log: Any) -> int:
     else:
         log.info("worker.gpus", count=count, why=why)
     return count
-
-
-def _runner_image() -> str:
-    return os.environ.get("AUTORESEARCH_RUNNER_IMAGE", "autoresearch-runner:latest")
 
 
 def _learn_from_engine(s: st.Settings, log: Any) -> None:

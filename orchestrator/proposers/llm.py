@@ -90,7 +90,7 @@ class LLMProposer:
         )
         self.model = model
         self.temperature = temperature
-        self.system_prompt = system_prompt
+        self._set_prompt(system_prompt)
         self.format_retries = format_retries
         self.price_in_per_mtok = price_in_per_mtok
         self.price_out_per_mtok = price_out_per_mtok
@@ -120,20 +120,25 @@ class LLMProposer:
         """Release the HTTP connection pool."""
         self._client.close()
 
+    def _set_prompt(self, text: str) -> None:
+        """The system prompt and its sha256 (rows and transcripts name it by that)."""
+        self.system_prompt = text
+        self.system_sha256 = hashlib.sha256(text.encode()).hexdigest()
+
     def _reread_program(self) -> None:
         if self.program_path is None:
             return
         try:
             st = self.program_path.stat()
             if (st.st_mtime_ns, st.st_size) != self._program_stat:
-                self.system_prompt = self.program_path.read_text()
+                self._set_prompt(self.program_path.read_text())
                 self._program_stat = (st.st_mtime_ns, st.st_size)
         except OSError:
             pass  # gone or unreadable for a moment: the last one read stays
 
     def propose(self, request: ProposalRequest) -> Proposal:
         self._reread_program()
-        program = hashlib.sha256(self.system_prompt.encode()).hexdigest()[:12]
+        program = self.system_sha256[:12]
         messages: list[dict[str, str]] = [
             {"role": "system", "content": self.system_prompt},
             {"role": "user", "content": build_user_message(request)},
@@ -205,7 +210,7 @@ class LLMProposer:
         every proposal of a run: the run folder keeps it once)."""
         return {
             "model": self.model,
-            "system_sha256": hashlib.sha256(self.system_prompt.encode()).hexdigest(),
+            "system_sha256": self.system_sha256,
             "system": self.system_prompt,
             "messages": [dict(m) for m in messages[1:]],
         }

@@ -220,10 +220,10 @@ class Jobs:
         StartedJobRegistry(queue=self.queue).cleanup()
 
     def refresh_workers(self) -> None:
-        """Whether the run is paused and what was submitted to it; the live workers (one SMEMBERS; a dead worker's stale
-        key is swept every ten refreshes), said when they change and when jobs wait with
-        none; a confirmation waiting in the queue of a worker that left goes to the shared
-        queue's front."""
+        """Whether the run is paused and what was submitted to it (one transaction); the
+        live workers (one SMEMBERS; a dead worker's stale key is swept every ten
+        refreshes), said when they change and when jobs wait with none; a confirmation
+        waiting in the queue of a worker that left goes to the shared queue's front."""
         pipe = self.redis.pipeline()
         pipe.exists(keys.paused_key(self.tag))
         pipe.lrange(keys.inbox_key(self.tag), 0, -1)
