@@ -1,9 +1,9 @@
 """Recording an experiment: its results row, its folder in the run folder, the branch move.
 
 Every experiment ends as exactly one row of results.tsv and one folder (the diff or the
-source, decision.json with the result and what re-runs it, an LLM proposal's transcript). A keep moves the branch; the
-move, decision.json and the row are written with stop signals deferred, so a stop never
-leaves a keep without its row or half a row.
+source, decision.json with the result and what re-runs it, an LLM proposal's transcript).
+A keep moves the branch; the move, decision.json and the row are written with stop signals
+deferred, so a stop never leaves a keep without its row or half a row.
 """
 
 from __future__ import annotations
