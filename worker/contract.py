@@ -10,8 +10,8 @@ from typing import Any, TypedDict
 
 from worker.vocab import Outcome
 
-SPEC_VERSION = 1
-RESULT_VERSION = 1
+SPEC_VERSION = 2
+RESULT_VERSION = 2
 JOB_FUNC = "worker.jobs.run_experiment"
 
 # Candidate outcomes; a failing candidate is data. `infra_error` is only ever a raised
@@ -41,6 +41,12 @@ class Spec(TypedDict):
     budget: Budget
     seed: int
     description: str
+    # The hardware signature the run is pinned to (its baseline's), "" while it has none:
+    # a worker whose own signature differs refuses the job (worker/serving.py).
+    hardware: str
+    # Also score the held-out test split (test_bpb): only the final re-measure and
+    # `verify --test` ask; no decision reads it. Otherwise no phase can reach the test data.
+    test_split: bool
 
 
 class Result(TypedDict):
@@ -76,6 +82,10 @@ class Result(TypedDict):
     cage: str | None
     # The causality probe's largest move (nats) of a log-probability before a split.
     causal_move: float | None
+    # What ran it: accelerator (or CPU) model, driver, CUDA, torch, runner image, as one
+    # line (harness/hardware.py); a run compares only results of its baseline's signature.
+    hardware: str | None
+    test_bpb: float | None  # on the held-out test split, when the spec asked (test_split)
 
 
 SPEC_FIELDS = tuple(Spec.__annotations__)
@@ -106,8 +116,11 @@ def make_spec(
     budget: Budget | dict[str, float],
     seed: int,
     description: str,
+    hardware: str = "",
+    test_split: bool = False,
 ) -> Spec:
-    """Build a spec; `budget` holds train_wall_s, save_margin_s, return_grace_s, eval_wall_s."""
+    """Build a spec; `budget` holds train_wall_s, save_margin_s, return_grace_s, eval_wall_s;
+    `hardware` pins it to one signature ("": any), `test_split` also scores the test split."""
     return {
         "version": SPEC_VERSION,
         "id": id,
@@ -121,6 +134,8 @@ def make_spec(
         "budget": Budget(**budget),
         "seed": seed,
         "description": description,
+        "hardware": hardware,
+        "test_split": bool(test_split),
     }
 
 
