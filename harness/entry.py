@@ -1,8 +1,9 @@
 """The entry point a runner starts for each phase: `python -m harness.entry {train,eval}`.
 
 train: import the candidate, build_model, train() under the budget gate, save the weights.
-eval:  a fresh process rebuilds the model, loads the weights and computes val_bpb itself,
-       then prints the summary block and writes the phase results.
+eval:  a fresh process rebuilds the model, loads the weights and computes val_bpb itself
+       (and, with --test, test_bpb on the held-out test split, the same way), then prints
+       the summary block and writes the phase results.
 Each phase writes <scratch>/<phase>.json; the exit code (harness.codes) says how it ended.
 """
 
@@ -17,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from harness import candidate, codes, served
+from harness import candidate, codes, hardware, served
 from harness import manifest as mf
 
 # Dense bf16 peak FLOP/s, for MFU. Unknown devices report no MFU rather than a guess.
@@ -51,6 +52,8 @@ def run_train(args: argparse.Namespace, manifest: dict) -> int:
     from harness.context import Context
 
     device = _device()
+    # What it trains on, read before the candidate's code is loaded (its threads included).
+    signature = hardware.signature(device)
     torch.manual_seed(args.seed)
     profile = manifest["profile"]
     data = Path(args.data)
@@ -80,6 +83,7 @@ def run_train(args: argparse.Namespace, manifest: dict) -> int:
         "flops_per_token": getattr(model, "flops_per_token", None) or 6 * params,
         "stopped_by_deadline": ctx.stopped_by_deadline,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "hardware": signature,
         "peak_memory_mb": _peak_memory_mb(device),
     }
     late = returned - args.deadline
@@ -108,6 +112,7 @@ def summary_block(result: dict) -> str:
     """The greppable block of the original autoresearch: `grep '^val_bpb:' run.log`."""
     rows = [
         ("val_bpb", f"{result['val_bpb']:.6f}"),
+        *([("test_bpb", f"{result['test_bpb']:.6f}")] if "test_bpb" in result else []),
         ("training_seconds", f"{result['training_s']:.1f}"),
         ("startup_seconds", f"{result['startup_s']:.1f}"),
         ("first_step_seconds", f"{result['first_step_s']:.1f}"),
@@ -125,7 +130,7 @@ def summary_block(result: dict) -> str:
 def run_eval(args: argparse.Namespace, manifest: dict, server: served.ModelServer) -> int:
     import numpy as np
 
-    from harness.evaluate import evaluate_bpb, probe_plan, validation_rows
+    from harness.evaluate import score_split
 
     started = args.started_at
     device = _device()
@@ -148,19 +153,20 @@ def run_eval(args: argparse.Namespace, manifest: dict, server: served.ModelServe
             "seed": args.seed,
         }
     )
-    rows = validation_rows(
-        data / manifest["val"]["file"], manifest["tokenizer"]["bos_id"], profile["seq_len"]
-    )
     token_bytes = np.load(data / manifest["tokenizer"]["token_bytes"])
-    scores = evaluate_bpb(
-        server.forward,
-        rows,
-        token_bytes,
-        vocab_size=vocab,
-        batch_size=profile["eval_batch_size"],
-        device=device,
-        probe=probe_plan(len(rows), profile["eval_batch_size"], profile["seq_len"]),
-    )
+    how = {
+        "bos_id": manifest["tokenizer"]["bos_id"],
+        "seq_len": profile["seq_len"],
+        "vocab_size": vocab,
+        "batch_size": profile["eval_batch_size"],
+        "device": device,
+    }
+    scores = score_split(server.forward, data / manifest["val"]["file"], token_bytes, **how)
+    if args.test:  # only when the spec asks (test_split): the runner exposes test/ then
+        path = data / mf.test_split(manifest)["file"]
+        test = score_split(server.forward, path, token_bytes, **how)
+        scores |= {k.replace("val_", "test_"): v for k, v in test.items() if k != "causal_move"}
+        scores["causal_move"] = max(scores["causal_move"], test["causal_move"])
     result = {**train_stats, **scores, "eval_s": time.time() - started}
     result["mfu"] = _mfu(train_stats)
     # The data it read (the worker checks the files and stamps the harness digest itself).
@@ -202,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--deadline", type=float, default=None, help="training deadline (epoch s)")
     parser.add_argument("--grace", type=float, default=0.0, help="late return allowed (s)")
+    parser.add_argument("--test", action="store_true", help="eval: also score the test split")
     parser.add_argument(
         "--wait",
         action="store_true",
@@ -228,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         args.started_at = args.started_at or time.time()
         try:
             manifest = mf.load_manifest(Path(args.data))
-        except FileNotFoundError as exc:
+            if args.test:
+                mf.test_split(manifest, args.data)
+        except (FileNotFoundError, mf.NoTestSplit) as exc:
             print(f"harness: {exc}", file=sys.stderr)
             return codes.USAGE
         try:

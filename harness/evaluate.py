@@ -165,6 +165,31 @@ def evaluate_bpb(
     }
 
 
+def score_split(
+    forward,
+    path: Path,
+    token_bytes: np.ndarray,
+    *,
+    bos_id: int,
+    seq_len: int,
+    vocab_size: int,
+    batch_size: int,
+    device: torch.device,
+) -> dict:
+    """evaluate_bpb over one split's file (validation, or the held-out test split: scored
+    the same way, rows, bytes and causality probe alike); keys as evaluate_bpb's."""
+    rows = validation_rows(path, bos_id, seq_len)
+    return evaluate_bpb(
+        forward,
+        rows,
+        token_bytes,
+        vocab_size=vocab_size,
+        batch_size=batch_size,
+        device=device,
+        probe=probe_plan(len(rows), batch_size, seq_len),
+    )
+
+
 def _padded(forward, x: torch.Tensor, batch_size: int, seq_len: int, vocab_size: int):
     """forward(x) checked, with a short last batch padded to batch_size by repeating its
     last row: every call has one shape and layout, so a compiled model neither recompiles

@@ -11,16 +11,21 @@ import json
 from pathlib import Path
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 2  # 2: the token byte-length table has a checksum
-# Layout under a prepared data folder; train/ and val/ are separate so a runner can
-# mount (or expose) one without the other.
+MANIFEST_VERSION = 3  # 2: the token byte-length table has a checksum; 3: a test split
+# Layout under a prepared data folder; train/, val/ and test/ are separate so a runner can
+# mount (or expose) one without the others.
 TOKENIZER_DIR = "tokenizer"
 TRAIN_DIR = "train"
 VAL_DIR = "val"
+TEST_DIR = "test"  # the held-out test split: only a spec with test_split reaches it
 
 
 class DataNotPrepared(FileNotFoundError):
     """The data folder has no manifest: run `autoresearch prepare` first."""
+
+
+class NoTestSplit(ValueError):
+    """The data was prepared before test splits existed: prepare again to score one."""
 
 
 class DataTampered(ValueError):
@@ -46,6 +51,8 @@ def fingerprint(manifest: dict) -> str:
     }
     if "token_bytes_sha256" in manifest["tokenizer"]:  # version 2 on
         material["token_bytes"] = manifest["tokenizer"]["token_bytes_sha256"]
+    if "test" in manifest:  # version 3 on; an older manifest keeps its fingerprint
+        material["test"] = manifest["test"]["sha256"]
     blob = json.dumps(material, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -65,10 +72,22 @@ def write_manifest(data_dir: Path, manifest: dict) -> None:
     tmp.replace(Path(data_dir) / MANIFEST)
 
 
-def verify_data(data_dir: Path, manifest: dict) -> None:
+def test_split(manifest: dict, data_dir: Path | str = "") -> dict:
+    """The manifest's test split record, or NoTestSplit saying in one line what to do."""
+    if "test" not in manifest:
+        where = f" in {data_dir}" if str(data_dir) else ""
+        raise NoTestSplit(
+            f"the data{where} was prepared without a test split: "
+            "run `autoresearch prepare` again to score one"
+        )
+    return manifest["test"]
+
+
+def verify_data(data_dir: Path, manifest: dict, test: bool = False) -> None:
     """What the scorer reads, checked from outside the cage: the manifest against its own
-    fingerprint, then the validation shard, the tokenizer and the token byte-length table
-    against the manifest's checksums. DataTampered names the first file that differs."""
+    fingerprint, then the validation shard (and, with test, the test split), the tokenizer
+    and the token byte-length table against the manifest's checksums. DataTampered names
+    the first file that differs; NoTestSplit when test is asked of older data."""
     if fingerprint(manifest) != manifest.get("fingerprint"):
         raise DataTampered(f"{MANIFEST} no longer matches its fingerprint")
     tok = manifest["tokenizer"]
@@ -79,6 +98,9 @@ def verify_data(data_dir: Path, manifest: dict) -> None:
         (tok["file"], tok["sha256"]),
         (tok["token_bytes"], tok["token_bytes_sha256"]),
     ]
+    if test:
+        split = test_split(manifest, data_dir)
+        checks.insert(1, (split["file"], split["sha256"]))
     for name, want in checks:
         path = Path(data_dir) / name
         if not path.is_file() or sha256_file(path) != want:

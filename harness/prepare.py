@@ -4,6 +4,17 @@ Two sources. `local`: a folder of text files (offline; the demo reads the standa
 library's own source, which every machine with Python has, so its numbers repeat).
 `http`: parquet shards fetched by URL pattern (see harness.download). Shards are flat uint16
 token arrays in which every document starts with BOS, the anchor the loader packs on.
+
+Three splits: train, validation (what decisions read) and a held-out test split that no
+candidate and no decision sees (only a final re-measure and `verify --test` score it). The
+test split is set aside so that validation stays as it was, in size and documents:
+- local: the next held-out bucket of files (validation holds the files whose path hashes to
+  bucket 0 of LOCAL_VAL_EVERY, test those of bucket 1). Dividing validation's own files
+  would halve it on a small corpus (a user's folder of a few hundred files holds less than
+  one profile's validation crop); the next bucket costs train 1 file in 20 instead.
+- http: the same validation shard, divided: validation keeps its first val_tokens tokens
+  exactly as before, and the test split takes the documents after them (a climbmix shard
+  holds several times a profile's validation crop), so nothing more is downloaded.
 """
 
 from __future__ import annotations
@@ -28,8 +39,10 @@ LOCAL_PATTERNS = ("*.py", "*.txt", "*.md", "*.rst")
 # Long files are split into documents at blank lines so a row of seq_len tokens sees more
 # than file headers.
 MAX_DOC_CHARS = 2000
-# Share of local documents (by a hash of their path) held out for validation.
+# Share of local documents (by a hash of their path) held out for validation, and as many
+# again, the next bucket, for the test split.
 LOCAL_VAL_EVERY = 20
+LOCAL_TEST_BUCKET = 1
 TRAIN_SHARD_TOKENS = 100_000_000
 # Bytes-level BPE on text averages well under this many characters per token.
 CHARS_PER_TOKEN_MAX = 8
@@ -80,8 +93,16 @@ def local_documents(
             yield rel, doc
 
 
+def _bucket(rel: str) -> int:
+    return int(hashlib.sha1(rel.encode()).hexdigest(), 16) % LOCAL_VAL_EVERY
+
+
 def _is_val(rel: str) -> bool:
-    return int(hashlib.sha1(rel.encode()).hexdigest(), 16) % LOCAL_VAL_EVERY == 0
+    return _bucket(rel) == 0
+
+
+def _is_test(rel: str) -> bool:
+    return _bucket(rel) == LOCAL_TEST_BUCKET
 
 
 def _write_tokens(
@@ -143,46 +164,53 @@ class _Documents:
 
     ``train_groups`` holds one reader per source file, so the train bar can name the file it
     is in; ``in_memory`` says the documents are already read (then the tokenizer's own bar
-    can be given a total).
+    can be given a total). ``test`` is None where the test split continues validation's
+    documents after its crop (http).
     """
 
     train_groups: list[Callable[[], Iterable[str]]]
     val: Callable[[], Iterable[str]]
     info: dict
     in_memory: bool
+    test: Callable[[], Iterable[str]] | None = None
 
     def train(self) -> Iterator[str]:
         return itertools.chain.from_iterable(group() for group in self.train_groups)
 
 
 def _reset_outputs(data_dir: Path) -> None:
-    """Empty the tokenizer, train and val folders and drop the manifest of a previous run."""
-    for sub in (mf.TOKENIZER_DIR, mf.TRAIN_DIR, mf.VAL_DIR):
+    """Empty the tokenizer, train, val and test folders and drop the previous manifest."""
+    for sub in (mf.TOKENIZER_DIR, mf.TRAIN_DIR, mf.VAL_DIR, mf.TEST_DIR):
         shutil.rmtree(data_dir / sub, ignore_errors=True)
         (data_dir / sub).mkdir(parents=True)
     (data_dir / mf.MANIFEST).unlink(missing_ok=True)
 
 
-def _split_local(folder: Path, profile: Profile) -> tuple[list[str], list[str]]:
-    """(train, val) documents of a local folder, read only as far as the profile keeps."""
+def _split_local(folder: Path, profile: Profile) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test) documents of a local folder, read only as far as the profile keeps."""
     train_docs: list[str] = []
     val_docs: list[str] = []
-    # Stop reading once both splits surely hold more tokens than will be kept.
+    test_docs: list[str] = []
+    # Stop reading once every split surely holds more tokens than will be kept.
     cap = CHARS_PER_TOKEN_MAX * profile.max_train_tokens if profile.max_train_tokens else None
     val_cap = CHARS_PER_TOKEN_MAX * profile.val_tokens
-    train_chars = val_chars = 0
+    test_cap = CHARS_PER_TOKEN_MAX * (profile.test_tokens or 0)
+    train_chars = val_chars = test_chars = 0
     for rel, doc in local_documents(folder):
         if _is_val(rel):
             val_docs.append(doc)
             val_chars += len(doc)
+        elif _is_test(rel):
+            test_docs.append(doc)
+            test_chars += len(doc)
         elif cap is None or train_chars <= cap:
             train_docs.append(doc)
             train_chars += len(doc)
-        if cap is not None and train_chars > cap and val_chars > val_cap:
+        if cap is not None and train_chars > cap and val_chars > val_cap and test_chars > test_cap:
             break
-    if not train_docs or not val_docs:
-        raise ValueError(f"{folder} holds too few text files to split train and validation")
-    return train_docs, val_docs
+    if not train_docs or not val_docs or not test_docs:
+        raise ValueError(f"{folder} holds too few text files to split train, validation and test")
+    return train_docs, val_docs, test_docs
 
 
 def _local_documents_source(local_dir: Path | None, profile: Profile, emit: Emit) -> _Documents:
@@ -191,16 +219,17 @@ def _local_documents_source(local_dir: Path | None, profile: Profile, emit: Emit
     if not folder.is_dir():
         raise FileNotFoundError(f"local source folder {folder} does not exist")
     emit("prepare.read", source="local", folder=str(folder))
-    train_docs, val_docs = _split_local(folder, profile)
+    train_docs, val_docs, test_docs = _split_local(folder, profile)
     return _Documents(
         train_groups=[lambda: train_docs],
         val=lambda: val_docs,
         info={
             "kind": "local",
             "folder": folder.name,
-            "documents": len(train_docs) + len(val_docs),
+            "documents": len(train_docs) + len(val_docs) + len(test_docs),
         },
         in_memory=True,
+        test=lambda: test_docs,
     )
 
 
@@ -262,13 +291,31 @@ def _train_tokenizer(
     return tok, record
 
 
-def _write_val(data_dir: Path, tok: tk.Tokenizer, docs: _Documents, limit: int, emit: Emit) -> dict:
-    """Tokenize the validation split into one file cropped at ``limit``; return its record."""
-    emit("prepare.tokenize", split="val")
-    path = data_dir / mf.VAL_DIR / "val.bin"
-    with _tokenizing_bar("val", limit) as bar:
-        n = _write_tokens(path, tk.encode_documents(tok, docs.val()), limit, bar)
-    return _shard_record(path, data_dir, n)
+def _write_held_out(
+    data_dir: Path, tok: tk.Tokenizer, docs: _Documents, profile: Profile, emit: Emit
+) -> tuple[dict, dict]:
+    """Tokenize validation and test, each into one file cropped at the profile's size;
+    return their records. Without test documents of its own (http), the test split takes
+    the documents after validation's crop: validation is the same as without a test split."""
+    val_arrays = tk.encode_documents(tok, docs.val())
+    records = []
+    for split, folder, arrays, limit in (
+        ("val", mf.VAL_DIR, val_arrays, profile.val_tokens),
+        ("test", mf.TEST_DIR, val_arrays if docs.test is None else None, profile.test_tokens),
+    ):
+        emit("prepare.tokenize", split=split)
+        if arrays is None:
+            arrays = tk.encode_documents(tok, docs.test())
+        path = data_dir / folder / f"{split}.bin"
+        with _tokenizing_bar(split, limit) as bar:
+            n = _write_tokens(path, arrays, limit, bar)
+        records.append(_shard_record(path, data_dir, n))
+    if not records[1]["tokens"]:
+        raise ValueError(
+            f"no text is left for a test split after validation's {records[0]['tokens']} "
+            "tokens: use a larger validation shard or a smaller val_tokens"
+        )
+    return records[0], records[1]
 
 
 def _write_train_shards(
@@ -307,6 +354,7 @@ def _write_manifest(
     tokenizer: dict,
     train: list[dict],
     val: dict,
+    test: dict,
     emit: Emit,
 ) -> dict:
     """Write the manifest, read it back with its fingerprint, report the totals."""
@@ -316,6 +364,7 @@ def _write_manifest(
         "tokenizer": tokenizer,
         "train": train,
         "val": val,
+        "test": test,
     }
     mf.write_manifest(data_dir, manifest)
     manifest = mf.load_manifest(data_dir)
@@ -324,6 +373,7 @@ def _write_manifest(
         fingerprint=manifest["fingerprint"],
         train_tokens=sum(s["tokens"] for s in train),
         val_tokens=val["tokens"],
+        test_tokens=test["tokens"],
     )
     return manifest
 
@@ -361,6 +411,6 @@ def prepare(
     else:
         raise ValueError(f"unknown source {source!r}; choose local or http")
     tok, tokenizer = _train_tokenizer(data_dir, profile, docs, emit)
-    val = _write_val(data_dir, tok, docs, profile.val_tokens, emit)
+    val, test = _write_held_out(data_dir, tok, docs, profile, emit)
     train = _write_train_shards(data_dir, tok, docs, profile.max_train_tokens, emit)
-    return _write_manifest(data_dir, profile, docs, tokenizer, train, val, emit)
+    return _write_manifest(data_dir, profile, docs, tokenizer, train, val, test, emit)

@@ -1,7 +1,7 @@
 """Profiles: the sizes and time limits that make a run comparable.
 
-A profile fixes the vocabulary, the sequence length, the validation size and the time
-budget. It is part of the data fingerprint, so results of different profiles never compete.
+A profile fixes the vocabulary, the sequence length, the validation and test sizes and the
+time budget. It is part of the data fingerprint, so results of different profiles never compete.
 Torch-free: the orchestrator reads it.
 """
 
@@ -31,6 +31,13 @@ class Profile:
     tokenizer_chars: int
     # Train tokens written at most (None: all the source holds).
     max_train_tokens: int | None = None
+    # Tokens kept for the held-out test split, which no candidate and no decision sees
+    # (None: as many as validation).
+    test_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.test_tokens is None:
+            object.__setattr__(self, "test_tokens", self.val_tokens)
 
     @property
     def deadline_s(self) -> float:

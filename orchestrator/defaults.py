@@ -11,6 +11,8 @@ DASHBOARD_PORT = 8765
 REDIS_URL_FILE = "redis.url"
 # The run's last published state (noise margin, frontier, ...), beside results.tsv.
 STATE_FILE = "state.json"
+# `autoresearch ablate`'s table, beside results.tsv (the report includes it).
+ABLATION_FILE = "ablation.json"
 # The embedded Redis's append-only file, in the run folder (a resumed run finds its jobs).
 REDIS_DIR = "redis"
 # How often the loop refreshes its state in Redis between decisions (status's "running").
@@ -63,6 +65,9 @@ NOISE_RUNS = 3
 NOISE_EVERY_KEEPS = 5
 NOISE_Z = 2.0
 CONFIRM = True
+# When a run stops (not by a signal), the frontier and the baseline are re-run this many
+# times each with fresh seeds, on validation and the held-out test split (0: never).
+FINAL_RUNS = 2
 # Redis unreachable: the loop retries with backoff up to this many seconds apart.
 REDIS_BACKOFF_MAX_S = 5.0
 # A gain this many times larger than any earlier keep's (and the margin), or one made with

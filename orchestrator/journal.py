@@ -6,8 +6,8 @@ import re
 from collections import Counter
 from typing import Any
 
-# Not attempts: the reference runs of a commit already measured.
-REPEATS = ("noise", "confirm")
+from worker.vocab import REPEATS  # not attempts: the runs of a commit already measured
+
 _GAIN = re.compile(r"gain ([+-]\d+\.\d+)")
 CHARS_PER_TOKEN = 4  # English prose and Python code, as tokenizers of the GPT family cut them
 

@@ -12,11 +12,13 @@ step line, everything else is faint.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import defaults, noise
+from orchestrator import defaults, noise, trust
+from orchestrator.defaults import ABLATION_FILE
 from orchestrator.gitstore import GitError, GitStore
 from orchestrator.results import ROW_STATUSES
 from worker.vocab import REPEATS, Outcome, RowStatus
@@ -287,10 +289,12 @@ def markdown(
     best_diff: str,
     chart_name: str = CHART_NAME,
     diff_note: str = "",
+    ablation: dict[str, Any] | None = None,
 ) -> str:
     """The report as Markdown, to paste into a discussion. The figures come from summary
     (orchestrator.view.summary) so they match `status`; the kept table from rows.
-    best_diff goes into a diff block as is; diff_note says where it came from."""
+    best_diff goes into a diff block as is; diff_note says where it came from; ablation
+    is `autoresearch ablate`'s table, when it ran."""
     if not rows:
         raise _no_rows("report")
     s = summary
@@ -346,6 +350,7 @@ def markdown(
             )
     else:
         out.append("Nothing kept yet: the run has no baseline.")
+    out += _trust(summary, ablation)
     out += ["", "## Diff of the best against the baseline", ""]
     if diff_note:
         out += [diff_note, ""]
@@ -355,6 +360,17 @@ def markdown(
     elif not diff_note:
         out.append("No diff.")
     return "\n".join(out) + "\n"
+
+
+def _trust(summary: dict[str, Any], ablation: dict[str, Any] | None) -> list[str]:
+    """The final re-measure beside the in-run gain, and the ablation when it ran."""
+    out = []
+    if final := trust.final_markdown(summary):
+        out += ["", "## Is the gain real?", "", *final]
+    if ablation:
+        out += ["", "## Ablation: which kept changes carry the gain", ""]
+        out += trust.ablation_markdown(ablation)
+    return out
 
 
 # ----- the diff -----
@@ -458,6 +474,10 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     chart = plot_progress(rows, out_dir / CHART_NAME, f"autoresearch {tag}")
     text, note = best_diff(tag, rows, repo, run_dir if run_dir is not None else out_dir, train_path)
+    ablated = (run_dir if run_dir is not None else out_dir) / ABLATION_FILE
+    ablation = json.loads(ablated.read_text()) if ablated.is_file() else None
     report = out_dir / REPORT_NAME
-    report.write_text(markdown(tag, rows, summary, text, chart.name, note), encoding="utf-8")
+    report.write_text(
+        markdown(tag, rows, summary, text, chart.name, note, ablation), encoding="utf-8"
+    )
     return chart, report

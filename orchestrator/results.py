@@ -42,6 +42,8 @@ COLUMNS = (
     "cage",  # docker, process, or process-weak: what held the candidate (README's table)
     "why",  # the LLM's one-line hypothesis (WHY:), if it gave one
     "program",  # sha256 (12) of the program.md an LLM proposal was made under
+    "hardware",  # accelerator (or CPU), driver, CUDA, torch, image: what ran it
+    "test_bpb",  # on the held-out test split: final re-measure rows only
 )
 # Status of a row: the decision for a scored candidate, else what stopped it.
 ROW_STATUSES = tuple(RowStatus)
@@ -180,6 +182,12 @@ def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -
         "baseline": baseline,
         "best": best,
         "gain": (base_value - best["val_bpb"]) if best and base_value else None,
+        # The final re-measure's gain, on validation and test (noise.final_gain).
+        "final": (
+            noise.final_gain(all_rows, kept[0]["commit"], kept[-1]["commit"])
+            if len(kept) > 1
+            else None
+        ),
         "kept": kept,
         "noise": {
             "sigma": sigma if dof else None,

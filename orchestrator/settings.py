@@ -60,6 +60,7 @@ class Settings:
     max_cost_usd: float | None = None
     min_delta: float = defaults.MIN_DELTA
     noise_runs: int = defaults.NOISE_RUNS
+    final_runs: int = defaults.FINAL_RUNS
     noise_every: int = defaults.NOISE_EVERY_KEEPS
     noise_z: float = defaults.NOISE_Z
     confirm: bool = defaults.CONFIRM
@@ -183,6 +184,7 @@ ENV: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "max_cost_usd": (("AUTORESEARCH_MAX_COST_USD",), _opt_float),
     "min_delta": (("AUTORESEARCH_MIN_DELTA",), _float),
     "noise_runs": (("AUTORESEARCH_NOISE_RUNS",), _int),
+    "final_runs": (("AUTORESEARCH_FINAL_RUNS",), _int),
     "noise_every": (("AUTORESEARCH_NOISE_EVERY",), _int),
     "noise_z": (("AUTORESEARCH_NOISE_Z",), _float),
     "confirm": (("AUTORESEARCH_CONFIRM",), _bool),
@@ -254,7 +256,7 @@ def check(s: Settings) -> None:
         raise bad("runner", f"must be one of {', '.join(RUNNERS)}")
     if s.profile not in ("auto", *PROFILES):
         raise bad("profile", f"must be auto or one of {', '.join(PROFILES)}")
-    for name in ("max_experiments", "local_workers"):
+    for name in ("max_experiments", "local_workers", "final_runs"):
         value = getattr(s, name)
         if value is not None and value < 0:
             raise bad(name, "must be 0 or more")

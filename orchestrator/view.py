@@ -181,9 +181,10 @@ def rows(redis: Any | None, tag: str, runs_dir: Path | None) -> list[dict[str, s
 
 
 def workers(redis: Any, tag: str | None = None) -> list[dict[str, Any]]:
-    """Every live worker: host, GPU, state, and the experiment it runs with its last
-    progress line (step, loss, tokens/s, time left)."""
+    """Every live worker: host, GPU, hardware signature, state, and the experiment it runs
+    with its last progress line (step, loss, tokens/s, time left)."""
     found = Worker.all(connection=redis)
+    signatures = redis.mget([keys.worker_hardware_key(w.name) for w in found]) if found else []
     jobs = {}
     ids = [w.get_current_job_id() for w in found]
     fetched = Job.fetch_many([i for i in ids if i], connection=redis, serializer=JSONSerializer)
@@ -192,7 +193,7 @@ def workers(redis: Any, tag: str | None = None) -> list[dict[str, Any]]:
             jobs[job.id] = job
     out = []
     pipe = redis.pipeline(transaction=False)
-    for w, job_id in zip(found, ids, strict=True):
+    for w, job_id, signature in zip(found, ids, signatures, strict=True):
         job = jobs.get(job_id or "")
         spec = job.args[0] if job is not None and job.args else {}
         item: dict[str, Any] = {
@@ -200,6 +201,7 @@ def workers(redis: Any, tag: str | None = None) -> list[dict[str, Any]]:
             "host": w.hostname or "",
             "state": str(w.get_state()),
             "gpu": _gpu_of(w.name),
+            "hardware": as_text(signature) if signature else "",
             "tag": spec.get("tag", ""),
             "exp_id": spec.get("id", ""),
             "description": spec.get("description", ""),
@@ -355,6 +357,8 @@ def render_status(snap: dict[str, Any]) -> str:
                 doing += f" {w['remaining_s']:.0f}s left"
             doing += f"  {w['description'][:50]}"
         lines.append(f"  {w['name']:<32} {w['host']:<16} {w['gpu'] or '-':<6} {doing}")
+        if w.get("hardware"):
+            lines.append(f"    hardware: {printable(w['hardware'])}")
     q = snap["queue"]
     lines.append(
         f"queue: {q['queued']} waiting" + (f" ({', '.join(q['waiting'])})" if q["waiting"] else "")

@@ -61,7 +61,9 @@ def data_dir(tmp_path_factory, corpus) -> Path:
     return out
 
 
-def run_candidate(runner, workdir: Path, source: str, budget: dict) -> tuple[dict, list]:
+def run_candidate(
+    runner, workdir: Path, source: str, budget: dict, test_split: bool = False
+) -> tuple[dict, list]:
     """Run one candidate through a runner; (result, [(phase, line), ...])."""
     from worker import contract
 
@@ -76,6 +78,7 @@ def run_candidate(runner, workdir: Path, source: str, budget: dict) -> tuple[dic
         budget=budget,
         seed=0,
         description="test",
+        test_split=test_split,
     )
     lines: list[tuple[str, str]] = []
     fields = runner.run(spec, workdir, lambda phase, line: lines.append((phase, line)))
@@ -83,12 +86,14 @@ def run_candidate(runner, workdir: Path, source: str, budget: dict) -> tuple[dic
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any autoresearch, LLM or Redis setting."""
+    """This process's environment without any autoresearch, LLM or Redis setting, but one:
+    no final re-measure at a run's end (four more runs; tests/test_trust.py tests it)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("AUTORESEARCH_", "OPENAI_", "XDG_")) and k != "REDIS_URL"
     }
+    env["AUTORESEARCH_FINAL_RUNS"] = "0"
     env.update(extra)
     return env
 

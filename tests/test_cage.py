@@ -135,6 +135,7 @@ def test_writes_outside_scratch_are_refused_in_both_phases(runner, data_dir, tmp
         ("sitecustomize", sitedir / "sitecustomize.py"),
         ("user site", Path(site.getusersitepackages()) / f"evil_{tag}.pth"),
         ("validation shard", data_dir / "val" / "val.bin"),
+        ("test split", data_dir / "test" / "test.bin"),
         ("train shard", data_dir / "train" / "train_00000.bin"),
         ("tokenizer", data_dir / "tokenizer" / "tokenizer.json"),
         ("token bytes", data_dir / "tokenizer" / "token_bytes.npy"),

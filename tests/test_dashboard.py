@@ -51,6 +51,8 @@ EDITS = [
 # A blank 1400 x 1000 page's screenshot is about 6 KB of PNG; the dashboard's, with its
 # chart and tables, is well over 100 KB.
 BLANK_PNG_BYTES = 10_000
+# The simulated workers' hardware signature (AUTORESEARCH_SIM_HARDWARE), shown as text.
+SIM_HARDWARE = "sim H200 <b>x</b> | torch 0"
 
 
 # ----- a headless browser -----
@@ -206,9 +208,12 @@ def start_cli_dashboard(repo: Path, redis_url: str, runs: Path, log: Path) -> tu
 
 
 # ----- against a live run -----
-def test_the_page_shows_a_live_run_in_a_real_browser(make, pool, sim_repo, redis_server, tmp_path):
+def test_the_page_shows_a_live_run_in_a_real_browser(
+    make, pool, sim_repo, redis_server, tmp_path, monkeypatch
+):
     (sim_repo / "workspace" / "train.py").write_text(SOURCE)
     git(sim_repo, "commit", "-qam", "hold each worker 1.5 s")
+    monkeypatch.setenv("AUTORESEARCH_SIM_HARDWARE", SIM_HARDWARE)
     pool(2)
     r = make(ScriptedEdits(list(EDITS)), Policy(noise_runs=1, confirm=False), Limits(len(EDITS)))
     runs = tmp_path / "runs"
@@ -265,6 +270,9 @@ def check_live_page(got: dict[str, Any]) -> None:
     rows = dom.one("table", id="workers").find("tr")
     assert {n.attrs["data-worker"] for n in rows if "data-worker" in n.attrs} == got["workers"]
     assert len(got["workers"]) == 2
+    # Each with its hardware signature, as text.
+    who = [n for n in rows if "data-worker" in n.attrs]
+    assert [n.one("div", **{"class": "small hardware"}).text() for n in who] == [SIM_HARDWARE] * 2
     long_id = got["long"]["exp_id"]
     live = dom.one("tr", data_exp=long_id)
     assert int(live.one("td", **{"class": "num step"}).text()) >= 1

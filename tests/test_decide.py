@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import defaults
+from orchestrator import defaults, noise
 from orchestrator.research import decide
 from orchestrator.research.decide import Then
 from worker.vocab import RowStatus
@@ -38,6 +38,26 @@ def test_a_result_from_another_harness_or_data_is_refused(harness, data):
     result = ok(0.9, harness_sha256=harness, fingerprint=data)
     why = decide.refused(result, "h" * 64, "data")
     assert why.startswith("refused: scored by harness") and "expected harness hhhh" in why
+
+
+def test_once_pinned_only_a_result_from_the_baselines_hardware_is_taken():
+    h200 = "NVIDIA H200 | driver 550.54.15 | cuda 12.4 | torch 2.5.1"
+    result = ok(0.9, harness_sha256="h" * 64, fingerprint="data", hardware=h200)
+    assert decide.refused(result, "h" * 64, "data", hardware=h200) == ""
+    assert decide.refused(result, "h" * 64, "data", hardware="") == ""  # not pinned yet
+    faster = {**result, "hardware": h200.replace("H200", "B200")}
+    why = decide.refused(faster, "h" * 64, "data", hardware=h200)
+    assert why.startswith("refused: ran on 'NVIDIA B200") and "pinned to 'NVIDIA H200" in why
+    unknown = {**result, "hardware": None}
+    assert decide.refused(unknown, "h" * 64, "data", hardware=h200).startswith("refused: ran on")
+
+
+def test_a_final_run_is_recorded_as_final_and_moves_no_in_run_figure():
+    assert decide.noise_run(ok(1.0), final=True).status == RowStatus.FINAL
+    assert decide.noise_run({"status": "crash"}, final=True).status == RowStatus.CRASH
+    rows = [{"status": "keep", "commit": "a" * 7, "val_bpb": "1.0"}]
+    rows += [{"status": "final", "commit": "a" * 7, "val_bpb": "2.0"}]
+    assert noise.commit_value(rows, "a" * 7) == 1.0 and noise.pooled_sigma(rows) == (0.0, 0)
 
 
 def test_a_failed_result_is_never_refused_it_is_already_not_a_score():

@@ -74,6 +74,21 @@ def test_normal_candidate_scores_and_leaves_no_container(client, image, data_dir
     assert len(result["harness_sha256"]) == 64 and result["fingerprint"]
 
 
+def test_the_hardware_signature_names_the_image_and_is_the_probes(
+    client, image, data_dir, tmp_path
+):
+    """The worker's probe container (its start, before any job) and a candidate's train
+    phase give the same line, the image's id appended: a run pinned to it finds the worker."""
+    runner = make_runner(client, image, data_dir)
+    probed = runner.hardware()
+    assert client.containers.list(all=True, filters={"label": "autoresearch.probe"}) == []
+    short = client.images.get(image).id[: len("sha256:") + 12]
+    assert probed.endswith(f" | image {short}") and " | torch " in probed, probed
+    result, _ = run(runner, tmp_path, TINY_TRAIN)
+    assert result["status"] == "ok", result["log_tail"]
+    assert result["hardware"] == probed
+
+
 PROBES = """
 import os, socket
 

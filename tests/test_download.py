@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -321,3 +322,12 @@ def test_prepare_from_http_shards(server: State, tmp_path: Path) -> None:
     train = "".join(text(s["file"]) for s in manifest["train"])
     assert val.startswith("shard 2 row 0") and manifest["val"]["tokens"] == 400
     assert "shard 0 row" in train and "shard 1 row" in train and "shard 2" not in train
+
+    # The test split: the same shard's documents after validation's crop, no other shard's.
+    def rows(t: str) -> list[int]:
+        return [int(r) for r in re.findall(r"shard 2 row (\d+)", t)]
+
+    test = text(manifest["test"]["file"])
+    assert 0 < manifest["test"]["tokens"] <= profile.test_tokens
+    assert test.startswith("shard 2 row ") and "shard 0" not in test and "shard 1" not in test
+    assert rows(test)[0] == rows(val)[-1] + 1 and rows(test) == sorted(set(rows(test)))

@@ -123,6 +123,8 @@ def test_logs_follow_and_status_on_a_live_run(make, pool, sim_repo, redis_server
     snap = json.loads(status.stdout)
     assert snap["running"] and snap["state"]["status"] == "running"
     assert len(snap["workers"]) == 2
+    # Each worker's hardware signature, as it published it (the simulate runner's default).
+    assert [w["hardware"] for w in snap["workers"]] == ["simulated", "simulated"]
     busy = [w for w in snap["workers"] if w["exp_id"]]
     assert busy and all(w["tag"] == "s" and w["host"] and w["gpu"] == "cpu" for w in busy)
     live = [w for w in busy if "step" in w]
@@ -163,6 +165,7 @@ def test_logs_follow_and_status_on_a_live_run(make, pool, sim_repo, redis_server
     ).stdout
     assert "run s: max experiments (2) reached; 3 experiments" in text
     assert "best val_bpb" in text and "workers (2):" in text and "last rows:" in text
+    assert text.count("\n    hardware: simulated\n") == 2
 
     # The stream gone (expired, or another Redis): the run folder's log.jsonl answers.
     live = [

@@ -1,10 +1,12 @@
-"""prepare: the manifest, its fingerprint, the shards and the train/validation split."""
+"""prepare: the manifest, its fingerprint, the shards and the train/validation/test split."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import itertools
+import json
 import random
 import shutil
 from pathlib import Path
@@ -37,11 +39,18 @@ def _docs_of(path: Path, tok, bos: int) -> list[str]:
 
 
 def _split(corpus: Path) -> tuple[list[str], list[str]]:
-    """The corpus's documents by the prepare module's rule on relative paths."""
+    """The corpus's train and validation documents by the prepare module's rule on paths."""
     train, val = [], []
     for rel, doc in pp.local_documents(corpus):
-        (val if pp._is_val(rel) else train).append(doc)
+        if pp._is_val(rel):
+            val.append(doc)
+        elif not pp._is_test(rel):
+            train.append(doc)
     return train, val
+
+
+def _test_docs(corpus: Path) -> list[str]:
+    return [doc for rel, doc in pp.local_documents(corpus) if pp._is_test(rel)]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +70,8 @@ def test_manifest_has_fingerprint_tokenizer_train_and_val(data_dir, manifest):
     assert tok_info["vocab_size"] <= CPU.vocab_size
     lengths = np.load(data_dir / tok_info["token_bytes"])
     assert np.array_equal(lengths, tk.token_byte_lengths(tok))
-    assert manifest["train"] and manifest["val"]["tokens"] > 0
-    for shard in [*manifest["train"], manifest["val"]]:
+    assert manifest["train"] and manifest["val"]["tokens"] > 0 and manifest["test"]["tokens"] > 0
+    for shard in [*manifest["train"], manifest["val"], manifest["test"]]:
         path = data_dir / shard["file"]
         assert path.stat().st_size == 2 * shard["tokens"]
         assert np.fromfile(path, dtype=np.uint16)[0] == tok_info["bos_id"]
@@ -70,7 +79,7 @@ def test_manifest_has_fingerprint_tokenizer_train_and_val(data_dir, manifest):
 
 
 def test_every_checksum_matches_its_file(data_dir, manifest):
-    files = [manifest["tokenizer"], *manifest["train"], manifest["val"]]
+    files = [manifest["tokenizer"], *manifest["train"], manifest["val"], manifest["test"]]
     for rec in files:
         assert rec["sha256"] == mf.sha256_file(data_dir / rec["file"]), rec["file"]
 
@@ -100,18 +109,24 @@ def test_same_corpus_gives_the_same_fingerprint(tmp_path, corpus, manifest):
     assert again["tokenizer"]["sha256"] == manifest["tokenizer"]["sha256"]
 
 
-@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("split", ["train", "val", "test"])
 def test_changing_the_corpus_changes_the_fingerprint(tmp_path, corpus, manifest, split):
     changed_dir = shutil.copytree(corpus, tmp_path / "changed")
-    rel = next(r for r, _ in pp.local_documents(changed_dir) if pp._is_val(r) == (split == "val"))
+    bucket = {"val": pp._is_val, "test": pp._is_test}
+    rel = next(
+        r
+        for r, _ in pp.local_documents(changed_dir)
+        if bucket.get(split, lambda r: not pp._is_val(r) and not pp._is_test(r))(r)
+    )
     path = changed_dir / rel
     path.write_text(path.read_text(encoding="utf-8") + " one more word", encoding="utf-8")
     changed = pp.prepare(tmp_path / "out", CPU, source="local", local_dir=changed_dir)
     assert changed["fingerprint"] != manifest["fingerprint"]
-    assert changed["val"] != manifest["val"]
-    # The tokenizer is trained on train text only: a validation edit leaves it and train alone.
+    # The tokenizer is trained on train text only: a held-out edit leaves it and train alone.
     assert (changed["tokenizer"] != manifest["tokenizer"]) == (split == "train")
     assert (changed["train"] != manifest["train"]) == (split == "train")
+    assert (changed["val"] != manifest["val"]) == (split != "test")
+    assert (changed["test"] != manifest["test"]) == (split != "val")
 
 
 def test_fingerprint_covers_every_shard_the_tokenizer_and_the_profile(manifest):
@@ -121,6 +136,8 @@ def test_fingerprint_covers_every_shard_the_tokenizer_and_the_profile(manifest):
         lambda m: m["train"][0].update(sha256="0" * 64),
         lambda m: m["train"].append({"file": "x", "tokens": 1, "sha256": "0" * 64}),
         lambda m: m["val"].update(sha256="0" * 64),
+        lambda m: m["test"].update(sha256="0" * 64),
+        lambda m: m["profile"].update(test_tokens=1),
         lambda m: m["profile"].update(val_tokens=1),
     ]
     for edit in edits:
@@ -220,6 +237,8 @@ def test_emit_reports_the_steps(tmp_path, corpus):
     assert {"prepare.tokenizer", "prepare.tokenize", "prepare.shard"} <= set(names)
     assert events[-1][1]["fingerprint"] == m["fingerprint"]
     assert events[-1][1]["val_tokens"] == m["val"]["tokens"]
+    assert events[-1][1]["test_tokens"] == m["test"]["tokens"]
+    assert [kw["split"] for e, kw in events if e == "prepare.tokenize"] == ["val", "test"]
 
 
 def test_load_manifest_on_an_empty_folder_says_not_prepared(tmp_path):
@@ -290,10 +309,64 @@ def test_split_document_bounds_hold_for_random_paragraphs():
             assert len(piece) <= max_chars or "\n\n" not in piece, (piece, max_chars)
 
 
-def test_val_share_is_about_one_in_local_val_every():
+def test_val_and_test_shares_are_each_about_one_in_local_val_every():
     rels = [f"pkg{i // 50}/module_{i}.py" for i in range(4000)]
-    share = sum(pp._is_val(r) for r in rels) / len(rels)
-    assert abs(share - 1 / pp.LOCAL_VAL_EVERY) < 0.015
+    for held_out in (pp._is_val, pp._is_test):
+        share = sum(held_out(r) for r in rels) / len(rels)
+        assert abs(share - 1 / pp.LOCAL_VAL_EVERY) < 0.015
+    assert not any(pp._is_val(r) and pp._is_test(r) for r in rels)
+
+
+def test_prepare_sets_aside_a_test_split_no_other_split_holds(corpus, data_dir, manifest):
+    """The next held-out bucket of files, whole and in order, in test/test.bin: validation
+    keeps its own files, and no test document is trained on or validated on."""
+    test = manifest["test"]
+    assert test["file"] == f"{mf.TEST_DIR}/test.bin"
+    assert sorted(p.name for p in (data_dir / mf.TEST_DIR).iterdir()) == ["test.bin"]
+    assert test["sha256"] == mf.sha256_file(data_dir / test["file"])
+    assert test["tokens"] == (data_dir / test["file"]).stat().st_size // 2 > CPU.seq_len
+    tok = tk.load(data_dir / manifest["tokenizer"]["file"])
+    bos = manifest["tokenizer"]["bos_id"]
+    in_test = _docs_of(data_dir / test["file"], tok, bos)
+    assert in_test == _test_docs(corpus) != []
+    in_train = [d for s in manifest["train"] for d in _docs_of(data_dir / s["file"], tok, bos)]
+    in_val = _docs_of(data_dir / manifest["val"]["file"], tok, bos)
+    assert not set(in_test) & (set(in_train) | set(in_val))
+    assert in_val == _split(corpus)[1]  # validation: the same files as without a test split
+    assert manifest["profile"]["test_tokens"] == CPU.test_tokens == CPU.val_tokens
+    other = {**manifest, "test": {**test, "sha256": "0" * 64}}
+    assert mf.fingerprint(other) != manifest["fingerprint"]
+
+
+def test_test_is_cropped_to_the_profile_test_tokens(tmp_path, corpus, data_dir, manifest):
+    full = np.fromfile(data_dir / manifest["test"]["file"], dtype=np.uint16)
+    profile = dataclasses.replace(CPU, test_tokens=len(full) // 2)
+    m = pp.prepare(tmp_path / "out", profile, source="local", local_dir=corpus)
+    test = np.fromfile(tmp_path / "out" / m["test"]["file"], dtype=np.uint16)
+    assert m["test"]["tokens"] == len(test) == len(full) // 2
+    assert np.array_equal(test, full[: len(full) // 2])
+    assert m["val"] == manifest["val"]  # validation does not move with the test size
+
+
+def test_a_manifest_from_before_test_splits_keeps_its_fingerprint(data_dir, manifest):
+    """Data prepared before this layout still checks and scores; only the test split is
+    refused, in one line that says to prepare again."""
+    old = {k: v for k, v in manifest.items() if k != "test"}
+    old["profile"] = {k: v for k, v in manifest["profile"].items() if k != "test_tokens"}
+    material = {
+        "profile": old["profile"],
+        "tokenizer": old["tokenizer"]["sha256"],
+        "train": [s["sha256"] for s in old["train"]],
+        "val": old["val"]["sha256"],
+        "token_bytes": old["tokenizer"]["token_bytes_sha256"],
+    }
+    blob = json.dumps(material, sort_keys=True).encode()
+    old["fingerprint"] = hashlib.sha256(blob).hexdigest()[:16]  # as version 2 computed it
+    assert mf.fingerprint(old) == old["fingerprint"]
+    mf.verify_data(data_dir, old)
+    with pytest.raises(mf.NoTestSplit, match=r"without a test split: run `autoresearch prepare`"):
+        mf.verify_data(data_dir, old, test=True)
+    mf.verify_data(data_dir, manifest, test=True)
 
 
 def test_split_document_keeps_a_long_paragraph_whole():

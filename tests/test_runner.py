@@ -176,3 +176,24 @@ def test_a_phase_sees_the_workers_gpu_in_pci_order_within_what_it_was_given(
     env = ProcessRunner(data_dir, gpu=1)._env(tmp_path)
     assert env["CUDA_VISIBLE_DEVICES"] == "7" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert ProcessRunner(data_dir)._env(tmp_path)["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_the_train_phase_reports_the_hardware_signature_the_worker_probed(data_dir, tmp_path):
+    """One line naming the CPU (or GPU) and torch, the same to the character from the probe
+    a worker runs at its start as from a candidate's train phase: a run pinned to it finds
+    this worker."""
+    import re
+
+    import torch
+
+    runner = ProcessRunner(data_dir)
+    probed = runner.hardware()
+    result, _ = run_candidate(runner, tmp_path / "work", TINY_TRAIN, BUDGET)
+    assert result["status"] == "ok", result["log_tail"]
+    assert result["hardware"] == probed
+    assert "\n" not in probed and probed.endswith(f" | torch {torch.__version__}")
+    if torch.cuda.is_available():
+        assert probed.startswith(torch.cuda.get_device_name(0) + " | ")
+    else:
+        threads = torch.get_num_threads()
+        assert re.fullmatch(rf"cpu \S.* x{threads} threads \| torch \S+", probed), probed

@@ -1,10 +1,11 @@
 """The docker runner: each phase in its own locked-down container, via the docker SDK.
 
 Mounts: the harness and the candidate read-only; the data read-only with the train shards
-only in the train phase and the validation shard only in the eval phase; a per-experiment
-scratch folder read-write (the weights pass through it). No network, a read-only root with
-a tmpfs /tmp, all capabilities dropped, no-new-privileges, a non-root user, pids and memory
-limits (swap equal to memory), the worker's own GPU only, and no secret in the environment.
+only in the train phase and the validation shard only in the eval phase (and the test split,
+only when the spec asks: never in a normal job); a per-experiment scratch folder read-write
+(the weights pass through it). No network, a read-only root with a tmpfs /tmp, all
+capabilities dropped, no-new-privileges, a non-root user, pids and memory limits (swap
+equal to memory), the worker's own GPU only, and no secret in the environment.
 
 The engine is reached through its socket, so bind-mount sources must be paths of the
 engine's host. A worker running in a container sees other paths: `path_map` rewrites a
@@ -107,11 +108,30 @@ class DockerRunner(Runner):
 
     def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
         fields = super().run(spec, workdir, emit)
-        try:  # what re-runs it exactly: the image by content, not by tag
-            fields["image"] = self.client.images.get(self.image).id
-        except (docker.errors.DockerException, requests.RequestException):
-            fields["image"] = self.image
+        fields["image"] = self.image_id()
+        if fields.get("hardware"):
+            fields["hardware"] = with_image(fields["hardware"], fields["image"])
         return fields
+
+    def image_id(self) -> str:
+        """What re-runs it exactly: the image by content (sha256:...), not by tag."""
+        try:
+            return self.client.images.get(self.image).id
+        except (docker.errors.DockerException, requests.RequestException):
+            return self.image
+
+    def hardware(self) -> str:
+        """The probe container's signature (given the worker's GPU, as a phase is) and the
+        image's id: the line a train phase of this runner reports."""
+        try:
+            seen = engine.probe(
+                self.client, self.image, self.gpu, python=self.python, mounts=self._extra()
+            )
+        except docker.errors.ImageNotFound:
+            raise image_not_found(self.image) from None
+        if not seen.signatures:
+            raise InfraError(f"no hardware signature from the runner image: {seen.why}")
+        return with_image(seen.signatures[0], self.image_id())
 
     # Paths as the phase sees them inside its container.
     def candidate_path(self) -> str:
@@ -142,16 +162,20 @@ class DockerRunner(Runner):
         def ro(target: str, source: Path | str) -> Mount:
             return Mount(target, self.host_path(source), type="bind", read_only=True)
 
-        split = mf.TRAIN_DIR if phase == "train" else mf.VAL_DIR
+        splits = [mf.TRAIN_DIR] if phase == "train" else [mf.VAL_DIR]
+        splits += [mf.TEST_DIR] if phase == "eval" and self.test_split else []
         return [
             ro(f"{IN_HARNESS}/harness", self.harness_root / "harness"),
             ro(IN_CANDIDATE, workdir / "train.py"),
             ro(f"{IN_DATA}/{mf.MANIFEST}", self.data_dir / mf.MANIFEST),
             ro(f"{IN_DATA}/{mf.TOKENIZER_DIR}", self.data_dir / mf.TOKENIZER_DIR),
-            ro(f"{IN_DATA}/{split}", self.data_dir / split),
+            *(ro(f"{IN_DATA}/{split}", self.data_dir / split) for split in splits),
             Mount(IN_SCRATCH, self.host_path(workdir / "scratch"), type="bind", read_only=False),
-            *(ro(path, path) for path in self.extra_mounts),
+            *self._extra(),
         ]
+
+    def _extra(self) -> list[Mount]:
+        return [Mount(p, self.host_path(p), type="bind", read_only=True) for p in self.extra_mounts]
 
     def _create(self, phase: str, argv: list[str], workdir: Path, waits: bool = False):
         for folder in (workdir / "scratch", workdir / "scratch" / "tmp"):
@@ -287,6 +311,11 @@ def _remove(container) -> None:
     except docker.errors.APIError as exc:
         if exc.status_code != 409:  # removal already in progress
             raise
+
+
+def with_image(signature: str, image: str) -> str:
+    """A signature and, short, the image its phases ran in: `... | image sha256:0123456789ab`."""
+    return f"{signature} | image {image[:19] if image.startswith('sha256:') else image}"
 
 
 def runner_image() -> str:

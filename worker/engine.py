@@ -1,5 +1,6 @@
 """What a worker learns from the Docker engine instead of being told: the host's name, its
-GPUs, and, when the worker itself runs in a container, where its mounts come from on the host.
+GPUs and the hardware signature of its own (one probe container), and, when the worker
+itself runs in a container, where its mounts come from on the host.
 
 The worker starts candidate containers through the engine's socket, so every bind-mount
 source it names must be a path of the engine's host. A worker in a container sees its own
@@ -16,17 +17,20 @@ nothing here is reachable from a candidate.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
-from docker.types import DeviceRequest
+from docker.types import DeviceRequest, Mount
 
 import docker
+from harness import hardware
 
 _CONTAINER_ID = re.compile(r"/containers/([0-9a-f]{64})/")
 
@@ -50,39 +54,76 @@ def gpu_request(gpu: int | None) -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=[str(gpu)], capabilities=[["gpu"]])]
 
 
-PROBE = "import torch; print(torch.cuda.device_count())"
+# The probe runs harness/hardware.py's own source (stdlib and torch only, nothing else of
+# the harness), so it needs no mount: the image's interpreter and torch, as a phase uses them.
+PROBE = Path(hardware.__file__).read_text(encoding="utf-8")
 
 
-def count_gpus(engine: docker.DockerClient, image: str) -> tuple[int, str]:
-    """The GPUs a container of `image` sees when given all of them, and why (for the log).
+@dataclass(frozen=True)
+class Probe:
+    """What a probe container saw: its GPUs, the hardware signature of each (of its CPU when
+    it saw none; empty when it could not run), and why, for the log."""
 
-    An engine without the NVIDIA runtime refuses the request ("could not select device
-    driver"): that host has no GPU for candidates, so 0."""
+    gpus: int
+    signatures: tuple[str, ...]
+    why: str
+
+
+def probe(
+    engine: docker.DockerClient,
+    image: str,
+    gpu: int | None,
+    *,
+    python: str = "python3",
+    mounts: list[Mount] | None = None,
+) -> Probe:
+    """One container of `image`, given `gpu` as a phase is (an index, -1 for all of them,
+    None for none), runs `python -m harness.hardware --all`: the GPU count for `--gpu
+    auto/all` and the worker's hardware signature come from the same probe.
+
+    An engine without the NVIDIA runtime refuses a GPU request ("could not select device
+    driver"): that host has no GPU for candidates, so 0 and no signature."""
     container = None
     try:
         container = engine.containers.create(
             image,
-            ["python3", "-c", PROBE],
-            device_requests=gpu_request(-1),
+            [python, "-c", PROBE, "--all"],
+            device_requests=gpu_request(gpu),
+            # Docker numbers GPUs in PCI bus order (nvidia-smi's); torch too, then.
+            environment={"CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
+            mounts=mounts or [],
             network_mode="none",
             labels={"autoresearch.probe": "gpus"},
         )
         container.start()
         container.wait(timeout=120)
         out = container.logs(stdout=True, stderr=False)
+        err = container.logs(stdout=False, stderr=True)
     except docker.errors.ImageNotFound:
         raise
     except (docker.errors.DockerException, requests.RequestException) as exc:
-        return 0, f"the engine gives no GPU to a container: {str(exc).splitlines()[0][:200]}"
+        why = f"the engine gives no GPU to a container: {str(exc).splitlines()[0][:200]}"
+        return Probe(0, (), why)
     finally:
         if container is not None:  # a refused start leaves it created: removed either way
             try:
                 container.remove(force=True)
             except (docker.errors.DockerException, requests.RequestException):
                 pass
-    text = out.decode(errors="replace").strip().splitlines()
-    count = int(text[-1]) if text and text[-1].isdigit() else 0
-    return count, f"a probe container of {image} sees {count} GPU(s)"
+    lines = out.decode(errors="replace").strip().splitlines()
+    try:
+        seen = json.loads(lines[-1])
+        count, signatures = int(seen["gpus"]), tuple(str(s) for s in seen["signatures"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        tail = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        return Probe(0, (), f"the probe container of {image} failed: {tail[:300]}")
+    return Probe(count, signatures, f"a probe container of {image} sees {count} GPU(s)")
+
+
+def count_gpus(engine: docker.DockerClient, image: str, **kwargs: Any) -> tuple[int, str]:
+    """The GPUs a container of `image` sees when given all of them, and why (for the log)."""
+    seen = probe(engine, image, -1, **kwargs)
+    return seen.gpus, seen.why
 
 
 def own_container(engine: docker.DockerClient) -> Any | None:

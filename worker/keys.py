@@ -14,6 +14,7 @@ RQ's; these are ours, all under `autoresearch:`.
   autoresearch:<tag>:paused           string: set while a run is paused (who and when)
   autoresearch:<tag>:inbox            list: `autoresearch submit`'s train.py files and ideas
   autoresearch:gpu:<host>:<index>     string: which worker holds that GPU (expires)
+  autoresearch:worker:<name>:hardware string: a live worker's hardware signature (expires)
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ STREAM_MAXLEN = 20_000
 # A GPU claim expires this long after its last heartbeat (a dead worker frees its GPU).
 GPU_CLAIM_TTL_S = 30.0
 GPU_HEARTBEAT_S = 10.0
+# A worker's hardware signature is set at its birth and at each of RQ's heartbeats (at least
+# every 405 s while idle, every 30 s during a job), deleted at its death, and expires this
+# long after the last (RQ's own worker key lives worker_ttl 420 s + 60).
+WORKER_HARDWARE_TTL_S = 480
 
 
 def worker_queue(worker_name: str) -> str:
@@ -66,3 +71,9 @@ def inbox_key(tag: str) -> str:
 
 def gpu_key(host: str, index: int) -> str:
     return f"autoresearch:gpu:{host}:{index}"
+
+
+def worker_hardware_key(worker_name: str) -> str:
+    """What the worker runs candidates on (harness/hardware.py), for `status` and the
+    dashboard; the worker refuses jobs pinned to another signature."""
+    return f"autoresearch:worker:{worker_name}:hardware"

@@ -13,6 +13,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,8 @@ class ProcessRunner(Runner):
     Each phase starts through harness/boot.py (isolated interpreter, no start-up hooks,
     harness from source only) and, where the kernel can hold it, inside the cage of
     harness/cage.py: writes only to its scratch, reads only what its phase needs (the train
-    phase never the validation split, the eval phase's model server no data at all), no
-    network. Where the kernel cannot (no Landlock ABI 3, no libseccomp, not Linux) the cage
+    phase never the validation or test split, the eval phase the test split only when the
+    spec asks, its model server no data at all), no network. Where the kernel cannot (no Landlock ABI 3, no libseccomp, not Linux) the cage
     is `process-weak`: said once at the worker's start and on every row.
     """
 
@@ -51,12 +52,14 @@ class ProcessRunner(Runner):
         self.cage = "process" if held else "process-weak"
 
     def policy(self, phase: str, workdir: Path) -> dict:
-        """What a phase may read and write: its split of the data, never the other."""
+        """What a phase may read and write: its split of the data, never another (test/ only
+        in the eval phase of a spec with test_split)."""
         data = self.data_dir.resolve()
-        split = mf.TRAIN_DIR if phase == "train" else mf.VAL_DIR
+        splits = [mf.TRAIN_DIR] if phase == "train" else [mf.VAL_DIR]
+        splits += [mf.TEST_DIR] if phase == "eval" and self.test_split else []
         scratch = str((workdir / "scratch").resolve())
         read = {str(HARNESS_DIR), str((workdir / "train.py").resolve()), scratch}
-        read |= {str(data / name) for name in (mf.MANIFEST, mf.TOKENIZER_DIR, split)}
+        read |= {str(data / name) for name in (mf.MANIFEST, mf.TOKENIZER_DIR, *splits)}
         return cage.Policy(sorted(cage.python_paths() | read), [scratch]).to_dict()
 
     def _env(self, workdir: Path) -> dict[str, str]:
@@ -104,6 +107,32 @@ class ProcessRunner(Runner):
             start_new_session=True,
             preexec_fn=self._preexec,
         )
+
+    def hardware(self) -> str:
+        """`python -m harness.hardware` started as a phase is (interpreter, boot, paths,
+        environment, GPU), so it prints the line the train phase will report."""
+        with tempfile.TemporaryDirectory(prefix="autoresearch-hardware-") as tmp:
+            workdir = Path(tmp)
+            (workdir / "scratch" / "tmp").mkdir(parents=True)
+            path = [p for p in sys.path if os.path.isabs(p)]
+            try:
+                proc = subprocess.run(
+                    boot.command(sys.executable, "harness.hardware", [], path=path),
+                    cwd=workdir / "scratch",
+                    env=self._env(workdir),
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    timeout=HARDWARE_PROBE_S,
+                )
+            except subprocess.TimeoutExpired:
+                why = f"python -m harness.hardware ran over {HARDWARE_PROBE_S}s"
+                raise InfraError(why) from None
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            why = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            raise InfraError(f"python -m harness.hardware failed: {why}")
+        return lines[-1]
 
     def candidate_path(self) -> str:
         return "../train.py"  # from the phase's working folder, its scratch
@@ -223,6 +252,7 @@ def visible_device(gpu: int | None, inherited: str | None) -> str:
 
 
 MEMORY_POLL_S = 0.1
+HARDWARE_PROBE_S = 120  # the signature probe: a cold torch import on a slow disk
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 

@@ -83,12 +83,20 @@ class Runner(ABC):
         # The eval phase signs its scores with this; it travels on the go line only (one
         # per run, made in run()).
         self.result_key = ""
+        # Whether this run's eval phase also scores the test split (the spec's test_split):
+        # only then can it read test/ (a mount, a cage rule) or the worker check it.
+        self.test_split = False
 
     @abstractmethod
     def run_phase(
         self, phase: str, argv: list[str], workdir: Path, wall_s: float, emit: Emit
     ) -> PhaseOutcome:
         """Run `python -m harness.entry <phase> ...` and kill it at wall_s, whatever happens."""
+
+    def hardware(self) -> str:
+        """The hardware signature this runner's phases report (harness/hardware.py), learnt
+        the way they run, before any job: the worker refuses a job pinned to another."""
+        raise NotImplementedError(f"the {self.name} runner has no hardware probe")
 
     def start_waiting(self, phase: str, argv: list[str], workdir: Path) -> Any:
         """Start a phase early, waiting (`--wait`) for run_phase's go: a handle for
@@ -117,6 +125,12 @@ class Runner(ABC):
     def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
         workdir = Path(workdir)
         self.result_key = secrets.token_hex(16)
+        self.test_split = bool(spec.get("test_split"))
+        if self.test_split:
+            try:
+                mf.test_split(mf.load_manifest(self.data_dir), self.data_dir)
+            except (mf.NoTestSplit, OSError) as exc:
+                raise InfraError(str(exc)) from None
         scratch = workdir / "scratch"
         # A retried job finds what a dead attempt left: start from an empty scratch.
         shutil.rmtree(scratch, ignore_errors=True)
@@ -133,7 +147,7 @@ class Runner(ABC):
         ]
         # The eval process imports torch while training runs, then waits for its go, which
         # carries the result key: it cannot be started any other way.
-        eval_argv = self._argv("eval", spec, None, ["--wait"])
+        eval_argv = self._argv("eval", spec, None, ["--wait"] + ["--test"] * self.test_split)
         if not self.prestart("eval", eval_argv, workdir):
             raise InfraError(f"the {self.name} runner cannot start the eval phase waiting")
         try:
@@ -165,15 +179,11 @@ class Runner(ABC):
             status, error = Outcome.CRASH, "train phase exited without saving weights"
         if status == Outcome.OK:
             self.vouch()  # the train phase is over: nothing of it runs any more
-            ev = self.run_phase(
-                "eval",
-                eval_argv,
-                workdir,
-                budget["eval_wall_s"],
-                emit,
-            )
+            # Scoring the test split too scores twice as many rows: twice the wall.
+            eval_wall = budget["eval_wall_s"] * (2 if self.test_split else 1)
+            ev = self.run_phase("eval", eval_argv, workdir, eval_wall, emit)
             fields["eval_phase_s"] = ev.seconds
-            status, error = self._classify(ev, "eval", budget["eval_wall_s"])
+            status, error = self._classify(ev, "eval", eval_wall)
             tail = list(train.tail)[-10:] + list(ev.tail)
             if status == Outcome.OK:
                 scores, why = self._verified(ev.signed)
@@ -199,8 +209,8 @@ class Runner(ABC):
         if changed:
             raise InfraError(f"harness file {changed[0][0]} changed since the worker started")
         try:
-            mf.verify_data(self.data_dir, mf.load_manifest(self.data_dir))
-        except (mf.DataTampered, OSError) as exc:
+            mf.verify_data(self.data_dir, mf.load_manifest(self.data_dir), self.test_split)
+        except (mf.DataTampered, mf.NoTestSplit, OSError) as exc:
             raise InfraError(f"prepared data in {self.data_dir}: {exc}") from None
 
     def harness_sha256(self) -> str:
@@ -282,6 +292,8 @@ _RESULT_KEYS = (
     "params",
     "fingerprint",
     "causal_move",
+    "test_bpb",
+    "hardware",  # the train phase's signature (harness/hardware.py)
 )
 
 
@@ -298,7 +310,7 @@ def _last_error(tail: deque[str], status: str) -> str:
 
 
 # Lines only the eval phase's scorer may print; from the train phase they are marked.
-SCORER_ONLY = ("val_bpb:", codes.RESULT_PREFIX)
+SCORER_ONLY = ("val_bpb:", "test_bpb:", codes.RESULT_PREFIX)
 
 
 def pump_lines(

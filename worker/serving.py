@@ -1,14 +1,20 @@
 """The RQ worker `autoresearch worker` runs: RQ's forking worker whose horse dies with it
 (worker/lifeline.py), and that leaves a run's jobs to other workers when its own prepared
-data differs from the run's.
+data or its hardware differs from the run's.
 
-Every spec carries the fingerprint of the data the orchestrator scores against. A worker
-with other data (another profile, another source) must not score it, and must not burn the
-job's retries refusing it either: it puts the job back at the front of the shared queue
-(also a job given to this worker alone, which nobody else would take from its own queue),
-where an idle worker with that data takes it at once; it says so in one log line per
-fingerprint and pauses before taking a job again (in burst mode, it stops). The horse
-checks the fingerprint once more (worker/jobs.py).
+Every spec carries the fingerprint of the data the orchestrator scores against and, once
+the run has a baseline, the hardware signature it is pinned to (harness/hardware.py: with
+a wall-clock budget a faster machine trains more tokens, so results of two signatures do
+not compete). A worker with other data (another profile, another source) or another
+signature must not score it, and must not burn the job's retries refusing it either: it
+puts the job back at the front of the shared queue (also a job given to this worker alone,
+which nobody else would take from its own queue), where an idle worker that matches takes
+it at once; it says so in one log line per fingerprint or signature and pauses before
+taking a job again (in burst mode, it stops). The horse checks the fingerprint once more
+(worker/jobs.py).
+
+The worker publishes its signature under keys.worker_hardware_key while it lives, for
+`status` and the dashboard.
 """
 
 from __future__ import annotations
@@ -25,34 +31,70 @@ REFUSED_PAUSE_S = 10.0
 
 
 class Worker(lifeline.Worker):
-    def __init__(self, *args: Any, fingerprint: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        fingerprint: str | None = None,
+        hardware: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.fingerprint = fingerprint
-        self.refused: set[str] = set()
+        self.hardware = hardware
+        self.refused: set[tuple[str, str]] = set()
         self.burst = False
 
     def work(self, burst: bool = False, **kwargs: Any) -> bool:
         self.burst = burst
         return super().work(burst=burst, **kwargs)
 
+    def register_birth(self) -> None:
+        super().register_birth()
+        self._publish()
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        super().heartbeat(timeout, pipeline)
+        self._publish(pipeline)
+
+    def register_death(self) -> None:
+        self.connection.delete(keys.worker_hardware_key(self.name))
+        super().register_death()
+
+    def _publish(self, pipeline: Any = None) -> None:
+        if self.hardware is not None:
+            (self.connection if pipeline is None else pipeline).set(
+                keys.worker_hardware_key(self.name),
+                self.hardware,
+                ex=keys.WORKER_HARDWARE_TTL_S,
+            )
+
+    def mismatch(self, spec: dict[str, Any]) -> tuple[str, str, str] | None:
+        """(what, mine, theirs) of the first pin of the spec this worker does not meet; a
+        pin the spec leaves empty, or that this worker does not know, holds anything."""
+        for what, mine in (("fingerprint", self.fingerprint), ("hardware", self.hardware)):
+            theirs = spec.get(what)
+            if mine is not None and theirs and theirs != mine:
+                return what, mine, theirs
+        return None
+
     def execute_job(self, job: Any, queue: Any) -> None:
-        theirs = _fingerprint(job)
-        if self.fingerprint is None or theirs in (None, self.fingerprint):
+        spec = _spec(job)
+        mismatch = self.mismatch(spec)
+        if mismatch is None:
             super().execute_job(job, queue)
             return
         # Back at the shared queue's front, also when it came from this worker's own queue
         # (a confirmation the orchestrator gave this worker): there nobody else would take it.
         shared = Queue(keys.QUEUE_NAME, connection=self.connection, serializer=self.serializer)
         shared.enqueue_job(job, at_front=True)
-        if theirs not in self.refused:
-            self.refused.add(theirs)
-            spec = job.args[0]
+        what, mine, theirs = mismatch
+        if (what, theirs) not in self.refused:
+            self.refused.add((what, theirs))
             structlog.get_logger("autoresearch").error(
                 "worker.refused",
                 tag=spec.get("tag"),
                 id=spec.get("id"),
-                why=f"this worker's data {self.fingerprint} differs from the run's {theirs}: "
-                "its jobs are left to workers with that data (same PROFILE and SOURCE)",
+                why=_WHY[what].format(mine=mine, theirs=theirs),
             )
         if self.burst:  # it would only take the same job again: done
             self._stop_requested = True
@@ -60,9 +102,17 @@ class Worker(lifeline.Worker):
             time.sleep(REFUSED_PAUSE_S)
 
 
-def _fingerprint(job: Any) -> str | None:
+_WHY = {
+    "fingerprint": "this worker's data {mine} differs from the run's {theirs}: its jobs are "
+    "left to workers with that data (same PROFILE and SOURCE)",
+    "hardware": "this worker's hardware '{mine}' differs from the run's '{theirs}': its jobs "
+    "are left to workers with that signature (a run is pinned to its baseline's)",
+}
+
+
+def _spec(job: Any) -> dict[str, Any]:
     try:
         spec = job.args[0]
     except Exception:  # not our job's shape: the horse refuses it (contract.check_spec)
-        return None
-    return spec.get("fingerprint") if isinstance(spec, dict) else None
+        return {}
+    return spec if isinstance(spec, dict) else {}

@@ -40,16 +40,18 @@ class RowStatus(StrEnum):
     CONFIRM = "confirm"  # the re-run of a would-be keep (its candidate's row says keep or discard)
     REAPPLIED = "reapplied"  # won on an older frontier; its change was queued again on the new one
     STALE = "stale"  # won on an older frontier; its change conflicts with the new one
+    FINAL = "final"  # after the run stopped: the frontier or the baseline re-run, a fresh seed
 
 
 class RunKind(StrEnum):
     """Why a job runs: the first run of the branch, a repeat of the frontier, a proposed
-    change, or the re-run of a would-be keep."""
+    change, the re-run of a would-be keep, or the final re-measure once the run stopped."""
 
     BASELINE = "baseline"
     NOISE = "noise"
     CANDIDATE = "candidate"
     CONFIRM = "confirm"
+    FINAL = "final"
 
 
 # Rows whose val_bpb is a measurement of their commit (a crash's 0.0 is not).
@@ -59,5 +61,7 @@ FRONTIER = (RowStatus.KEEP, RowStatus.CONFIRM, RowStatus.NOISE)
 # Rows whose run used a worker (a rejected proposal never ran; an infra_error is the
 # machine's failure, not an experiment).
 RAN = tuple(s for s in RowStatus if s not in (RowStatus.REJECTED, RowStatus.INFRA_ERROR))
-# Rows that repeat a commit already measured (the report groups them apart).
-REPEATS = (RowStatus.NOISE, RowStatus.CONFIRM)
+# Rows that repeat a commit already measured (the report groups them apart). A final
+# re-measure is kept out of MEASURED and FRONTIER: it checks the in-run figures, so it
+# must not move them.
+REPEATS = (RowStatus.NOISE, RowStatus.CONFIRM, RowStatus.FINAL)

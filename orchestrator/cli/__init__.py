@@ -1,9 +1,10 @@
 """`autoresearch`: prepare data, run the research loop, serve as a worker, evaluate, verify,
-and watch a run (status, logs, report, dashboard).
+ablate, and watch a run (status, logs, report, dashboard).
 
 One module per group of commands, each with a function that adds a command's options and
-one that runs it: prepare.py, run.py, workers.py (worker), evaluate.py (evaluate,
-verify), observe.py (status, logs, dashboard, report); helpers.py holds what they share.
+one that runs it: prepare.py, run.py, workers.py (worker), evaluate.py (evaluate, verify),
+ablate.py, steer.py (pause, resume, submit), observe.py (status, logs, dashboard, report);
+helpers.py holds what they share.
 `main` parses the command line, runs the command and is the one place where an error becomes
 a one-line message and an exit code.
 
@@ -17,6 +18,7 @@ import sys
 
 from orchestrator import logs
 from orchestrator import settings as st
+from orchestrator.cli.ablate import add_ablate, cmd_ablate
 from orchestrator.cli.evaluate import add_evaluate, add_verify, cmd_evaluate, cmd_verify
 from orchestrator.cli.helpers import CommandError
 from orchestrator.cli.observe import (
@@ -52,6 +54,7 @@ examples:
   autoresearch submit my_train.py          # your train.py, judged like the LLM's
   autoresearch submit --idea "try RMSNorm without the learned scale"
   autoresearch verify 0012 --tag nov28     # re-run a recorded experiment, compare
+  autoresearch ablate --tag nov28          # which kept changes carry the gain, which are noise
   autoresearch run --tag dry --runner simulate --local-workers 8   # the scheduler, no GPU
 """
 
@@ -68,6 +71,7 @@ COMMANDS = {
     "pause": cmd_pause,
     "resume": cmd_resume,
     "submit": cmd_submit,
+    "ablate": cmd_ablate,
 }
 
 
@@ -85,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_worker,
         add_evaluate,
         add_verify,
+        add_ablate,
         add_status,
         add_logs,
         add_dashboard,

@@ -1,6 +1,7 @@
 """`autoresearch evaluate` and `autoresearch verify`: run one train.py once through the runner
 and harness, no loop; evaluate a file as it is, verify a recorded experiment exactly as it ran
-(commit, seed, budget, data) and compare the two val_bpb."""
+(commit, seed, budget, data) and compare the two val_bpb, and the harness and image that made
+them; `verify --test` also scores the held-out test split (test_bpb beside val_bpb)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def add_verify(sub: Any) -> None:
     p.add_argument("--seed", type=int, help="another seed (default: the recorded one)")
     p.add_argument("--gpu", type=int)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument(
+        "--test", action="store_true", help="also score the held-out test split (test_bpb)"
+    )
     add_runner(p)
 
 
@@ -143,15 +147,80 @@ def _recorded(runs_dir: Path, tag: str, exp_id: str) -> tuple[list[dict], dict, 
     if row is None:
         raise st.SettingsError(f"id: no experiment {exp_id} in run {tag}")
     decision = runs_dir / tag / exp_id / "decision.json"
-    run = json.loads(decision.read_text()).get("run") if decision.is_file() else None
+    try:
+        run = json.loads(decision.read_text()).get("run") if decision.is_file() else None
+    except (ValueError, AttributeError):
+        raise st.SettingsError(
+            f"id: {decision} is not a decision.json this version wrote"
+        ) from None
     if not run:
         raise st.SettingsError(f"id: {exp_id} has no recorded run (rejected, or older format)")
     return rows, row, run
 
 
+def _recorded_result(runs_dir: Path, tag: str, exp_id: str) -> dict:
+    """The worker's result as recorded: result.json in the experiment folder (the worker
+    writes it where it shares the runs folder), else the one decision.json holds."""
+    folder = runs_dir / tag / exp_id
+    for name, key in (("result.json", None), ("decision.json", "result")):
+        if (folder / name).is_file():
+            try:
+                found = json.loads((folder / name).read_text())
+            except json.JSONDecodeError as exc:
+                raise CommandError(f"{folder / name}: not JSON ({exc})", 1) from None
+            found = found.get(key) if key and isinstance(found, dict) else found
+            return found if isinstance(found, dict) else {}
+    return {}
+
+
+def _compare(what: str, recorded: str | None, now: str | None, unset: str) -> str:
+    """One stamp of the recorded result against the re-run's, in words; `unset` names a
+    missing stamp (a harness digest: not scored; an image: the process runner)."""
+
+    def short(v: str | None) -> str:
+        return unset if not v else v[:19] if v.startswith("sha256:") else v[:12]
+
+    if recorded == now:
+        return "same" if now else f"{unset} in both"
+    if what == "harness" and not (recorded and now):
+        return f"cannot compare: recorded {short(recorded)}, this run {short(now)}"
+    return (
+        f"DIFFERS: recorded {short(recorded)}, this run {short(now)}: "
+        f"not the {what} of the recorded score"
+    )
+
+
+# The stamps in full: in the JSON only (the text shows them compared, in words).
+FULL_STAMPS = ("recorded_harness_sha256", "harness_sha256", "recorded_image", "image_id")
+
+
+def _stamps(recorded: dict, result: dict) -> dict:
+    """The recorded result's harness digest and runner image against the re-run's."""
+    harness, image = recorded.get("harness_sha256"), recorded.get("image")
+    return {
+        "harness": _compare("harness", harness, result["harness_sha256"], "not scored"),
+        "image": _compare("runner image", image, result["image"], "no image"),
+        "recorded_harness_sha256": harness,
+        "harness_sha256": result["harness_sha256"],
+        "recorded_image": image,
+        "image_id": result["image"],
+    }
+
+
+def _check_test_split(data_dir: Path) -> None:
+    """verify --test needs data prepared with a test split: else one line, exit 1."""
+    from harness import manifest as mf
+
+    try:
+        mf.test_split(mf.load_manifest(data_dir), data_dir)
+    except mf.NoTestSplit as exc:
+        raise CommandError(str(exc), 1) from None
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Re-run one recorded experiment from its commit with its seed, budget and data
-    fingerprint, through the same runner and harness, and compare the two val_bpb."""
+    fingerprint, through the same runner and harness, and compare the two val_bpb and the
+    harness and image that made them; with --test, test_bpb beside val_bpb."""
     from orchestrator import noise
     from orchestrator.gitstore import GitStore
     from worker import contract
@@ -168,6 +237,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     fingerprint = data_fingerprint(data_dir)
     if fingerprint != run["fingerprint"]:
         raise CommandError(f"data {fingerprint} differs from the run's {run['fingerprint']}", 1)
+    if args.test:
+        _check_test_split(data_dir)
     seed = run["seed"] if args.seed is None else args.seed
     spec = contract.make_spec(
         id=f"verify-{args.id}",
@@ -180,6 +251,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         budget=run["budget"],
         seed=seed,
         description=f"verify {args.id}",
+        test_split=args.test,
     )
     result = run_once(s, spec, data_dir, runs_dir, "autoresearch-verify-")
     recorded = float(row["val_bpb"] or 0) or None
@@ -194,10 +266,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         "recorded_val_bpb": recorded,
         "status": result["status"],
         "val_bpb": result["val_bpb"],
+        **({"test_bpb": result["test_bpb"]} if args.test else {}),
         "difference": diff,
         "noise_sigma": sigma if dof else None,
         "sigmas": None if diff is None or not dof or not sigma else diff / sigma,
+        **_stamps(_recorded_result(runs_dir, tag, args.id), result),
         "error": result["error"],
     }
-    _show(out, args.json, 18)
+    _show(out, args.json, 18, hidden=FULL_STAMPS)
     return 0 if result["status"] == Outcome.OK else 1

@@ -80,6 +80,13 @@ def _add_noise_options(p: argparse.ArgumentParser) -> None:
         help=f"runs of the frontier for the noise floor sigma (default {defaults.NOISE_RUNS})",
     )
     g.add_argument(
+        "--final-runs",
+        type=int,
+        help="when the run stops: runs each of the frontier and the baseline, fresh seeds, "
+        f"for the gain's confidence interval and the test split (default {defaults.FINAL_RUNS}, "
+        "0: none)",
+    )
+    g.add_argument(
         "--noise-every",
         type=int,
         help=f"measure the noise again after this many keeps (default {defaults.NOISE_EVERY_KEEPS})",
@@ -240,6 +247,7 @@ def _policy(s: st.Settings) -> Any:
         llm_backoff_s=s.llm_backoff_s,
         sequential=s.sequential,
         noise_runs=s.noise_runs,
+        final_runs=s.final_runs,
         noise_every=s.noise_every,
         z=s.noise_z,
         min_delta=s.min_delta,
@@ -272,6 +280,23 @@ def _proposer(s: st.Settings, profile: str, repo: Path, log: Any) -> Any:
     )
 
 
+def final_lines(final: dict | None) -> list[str]:
+    """The final re-measure's gains, as the run's summary prints them."""
+    if not final:
+        return []
+
+    def gain(part: dict | None) -> str:
+        if not part:
+            return "-"
+        half = "" if part["ci95"] is None else f" +- {part['ci95']:.6f}"
+        return f"{part['gain']:.6f}{half}  (95% CI, {part['runs']} runs each)"
+
+    return [
+        f"re-measured gain:  {gain(final['val'])}",
+        f"test split gain:   {gain(final['test'])}",
+    ]
+
+
 def _print_summary(summary: dict, git: Any) -> None:
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:.6f}" if isinstance(v, float) else str(v)
@@ -283,6 +308,7 @@ def _print_summary(summary: dict, git: Any) -> None:
         f"baseline val_bpb:  {fmt(summary['baseline_val_bpb'])}",
         f"gain:              {fmt(summary['gain'])}",
         f"noise sigma:       {fmt(summary['noise_sigma'])}  (margin {fmt(summary['margin'])})",
+        *final_lines(summary.get("final")),
         "counts:            " + ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items())),
         f"this session:      experiments {summary['experiments_this_session']}, repeat runs "
         f"{summary['repeats_this_session']}, {summary['compute_kind']} "

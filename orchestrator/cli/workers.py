@@ -4,6 +4,8 @@ worker per GPU this host has (one on the CPU if it has none).
 
 With the docker runner, what is not given is learnt from the engine (worker/engine.py): the
 host's name, its GPUs (a probe container), and, in a container, the host paths of its mounts.
+Before taking a job every worker learns its hardware signature from its runner (the docker
+runner's probe container, a process like a phase's, the simulate runner's fixed one).
 """
 
 from __future__ import annotations
@@ -102,16 +104,7 @@ def _serve(
         )
         os.environ.update(wsettings.to_env())
         name = args.name or _name(host, gpu)
-        if s.runner == "docker":
-            from worker.docker_runner import ENV_WORKER
-            from worker.jobs import make_runner
-
-            os.environ[ENV_WORKER] = name
-            _publish_harness(wsettings, log)
-            # A worker that died left its containers behind; this host and GPU's are ours.
-            live = [w.name for w in Worker.all(connection=redis, serializer=JSONSerializer)]
-            removed = make_runner(wsettings).cleanup_orphans(live)
-            log.info("worker.orphans_removed", count=len(removed), names=removed)
+        hardware = _ready_runner(wsettings, name, redis, log)
         queues = [
             Queue(q, connection=redis, serializer=JSONSerializer)
             for q in (keys.worker_queue(name), keys.QUEUE_NAME)
@@ -122,6 +115,7 @@ def _serve(
             name=name,
             serializer=JSONSerializer,
             fingerprint=fingerprint,
+            hardware=hardware,
         )
         announce_cage(log, s.runner)
         log.info(
@@ -139,6 +133,31 @@ def _serve(
         if claim is not None:
             claim.release()
     return 0
+
+
+def _ready_runner(wsettings: Any, name: str, redis: Any, log: Any) -> str:
+    """Make the worker's runner ready (docker: its harness published, the orphans of a dead
+    worker removed) and return its hardware signature, learnt as a phase runs: jobs pinned
+    to another are left to other workers (worker/serving.py)."""
+    from rq.serializers import JSONSerializer
+
+    from worker.jobs import make_runner
+    from worker.serving import Worker
+
+    if wsettings.runner == "docker":
+        from worker.docker_runner import ENV_WORKER
+
+        os.environ[ENV_WORKER] = name
+        _publish_harness(wsettings, log)
+    runner = make_runner(wsettings)  # after _publish_harness: the harness it mounts
+    if wsettings.runner == "docker":
+        # A worker that died left its containers behind; this host and GPU's are ours.
+        live = [w.name for w in Worker.all(connection=redis, serializer=JSONSerializer)]
+        removed = runner.cleanup_orphans(live)
+        log.info("worker.orphans_removed", count=len(removed), names=removed)
+    hardware = runner.hardware()
+    log.info("worker.hardware", name=name, hardware=hardware)
+    return hardware
 
 
 def _name(host: str, gpu: int | None) -> str:

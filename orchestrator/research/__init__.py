@@ -9,6 +9,7 @@ flights.py    the RQ side: enqueue, one batched poll, cancel, live workers, adop
 record.py     the results row, the run folder, the branch move under deferred Ctrl-C
 publish.py    state, rows and decisions to Redis for other hosts (best effort)
 policy.py     Policy and Limits (the knobs), the time budget, the look-ahead
+final.py      the final re-measure once the run stopped (frontier and baseline, fresh seeds)
 """
 
 from orchestrator.research.loop import BaselineFailed, Research

@@ -3,9 +3,11 @@ verdict out. No Redis, no git, no disk: the loop gathers the figures and carries
 verdict (tests/test_decide.py covers every rule).
 
 The rules, in the order the loop applies them:
-- a result scored by another harness or on other data is refused (`infra_error`);
+- a result scored by another harness, on other data or on hardware other than the
+  baseline's is refused (`infra_error`);
 - the baseline keeps or, failing, is retried up to BASELINE_ATTEMPTS before the run stops;
-- a noise run is recorded as `noise` (a failure as what it is);
+- a noise run is recorded as `noise`, a run of the final re-measure as `final` (a failure
+  as what it is);
 - a failed candidate is recorded as what stopped it;
 - a candidate built on an older frontier is judged against its own parent: it loses
   (`discard`), or won and is re-applied on the new frontier, combined by the LLM when the
@@ -47,18 +49,21 @@ class Verdict:
     flag: str = ""  # why the gain looks suspicious, if it does
 
 
-def refused(result: Result, harness_sha256: str, fingerprint: str) -> str:
+def refused(result: Result, harness_sha256: str, fingerprint: str, hardware: str = "") -> str:
     """Why a scored result is not taken ("" when it is): only a result scored by this
-    harness on this data counts."""
+    harness on this data counts, and, once the run is pinned to its baseline's hardware
+    signature, only one from that hardware (a faster GPU trains more tokens in the wall)."""
     if result["status"] != Outcome.OK:
         return ""
     theirs = (result.get("harness_sha256"), result.get("fingerprint"))
-    if theirs == (harness_sha256, fingerprint):
-        return ""
-    return (
-        f"refused: scored by harness {str(theirs[0])[:12]} on data {theirs[1]}, "
-        f"expected harness {harness_sha256[:12]} on data {fingerprint}"
-    )
+    if theirs != (harness_sha256, fingerprint):
+        return (
+            f"refused: scored by harness {str(theirs[0])[:12]} on data {theirs[1]}, "
+            f"expected harness {harness_sha256[:12]} on data {fingerprint}"
+        )
+    if hardware and result.get("hardware") != hardware:
+        return f"refused: ran on {result.get('hardware')!r}, the run is pinned to {hardware!r}"
+    return ""
 
 
 def baseline(result: Result, failures_before: int) -> Verdict:
@@ -70,9 +75,12 @@ def baseline(result: Result, failures_before: int) -> Verdict:
     return Verdict(RowStatus(result["status"]), then=Then.GIVE_UP if gave_up else Then.RETRY)
 
 
-def noise_run(result: Result) -> Verdict:
+def noise_run(result: Result, final: bool = False) -> Verdict:
+    """A run of a measured commit: `noise` (`final` after the run stopped), else what
+    stopped it."""
     ok = result["status"] == Outcome.OK
-    return Verdict(RowStatus.NOISE if ok else RowStatus(result["status"]))
+    scored = RowStatus.FINAL if final else RowStatus.NOISE
+    return Verdict(scored if ok else RowStatus(result["status"]))
 
 
 def candidate(

@@ -62,7 +62,8 @@ class Jobs:
     flights they belong to, and the live workers."""
 
     def __init__(self, connection: redis.Redis, tag: str, run: dict[str, Any], log: Any):
-        """run: what every spec of this run shares (profile, fingerprint, budget)."""
+        """run: what every spec of this run shares (profile, fingerprint, budget, and the
+        hardware signature it is pinned to, "" until the baseline scored)."""
         self.redis, self.tag, self.run, self.log = connection, tag, run, log
         self.queue = Queue(keys.QUEUE_NAME, connection=connection, serializer=JSONSerializer)
         budget = run["budget"]
@@ -75,11 +76,15 @@ class Jobs:
         self._cleaned_at = 0.0
         self._no_worker_since: float | None = None
         self._warned_no_worker = False
+        self._unmatched: tuple[str, list[str]] | None = None  # the pin, the workers last seen
 
     def job_id(self, exp_id: str) -> str:
         return f"{self.tag}-{exp_id}"
 
-    def spec(self, exp_id: str, commit: str, parent: str, proposal: Proposal, seed: int) -> dict:
+    def spec(
+        self, exp_id: str, commit: str, parent: str, proposal: Proposal, seed: int, **extra: Any
+    ) -> dict:
+        """The job's spec (extra: make_spec's, e.g. test_split)."""
         return contract.make_spec(
             id=exp_id,
             tag=self.tag,
@@ -89,6 +94,7 @@ class Jobs:
             seed=seed,
             description=proposal.description,
             **self.run,
+            **extra,
         )
 
     def launch(self, exp_id: str, kind: RunKind, spec: Spec, proposal: Proposal, **kw) -> None:
@@ -253,6 +259,7 @@ class Jobs:
         elif time.monotonic() - self._no_worker_since > 10 and not self._warned_no_worker:
             self._warned_no_worker = True
             self.log.warning("no_worker", hint="start one: autoresearch worker --redis-url ...")
+        self._check_pin(names)
         for flight in list(self.flights.values()):
             if (
                 flight.queue != keys.QUEUE_NAME
@@ -270,6 +277,23 @@ class Jobs:
                     of=flight.of,
                     at_front=True,
                 )
+
+    def _check_pin(self, names: list[str]) -> None:
+        """Once the run is pinned to its baseline's hardware, say (once per change of the
+        live workers) when none of them has that signature: its jobs wait for one."""
+        pin = self.run.get("hardware", "")
+        if not pin or not names or self._unmatched == (pin, names):
+            return
+        self._unmatched = (pin, names)
+        found = self.redis.mget([keys.worker_hardware_key(name) for name in names])
+        signatures = sorted({as_text(s) for s in found if s})
+        if pin not in signatures:
+            self.log.warning(
+                "no_worker_with_hardware",
+                pinned=pin,
+                live=signatures,
+                hint="the run's jobs wait for a worker on its baseline's hardware",
+            )
 
     def adopt(self, exp_ids: list[str]) -> list[str]:
         """Take the jobs a stopped or killed orchestrator left into flight; returns the ids
@@ -327,7 +351,13 @@ class Jobs:
         """The flights whose jobs already ended, out of flight one at a time (lazily: each
         is taken only when the one before it was handled), candidates first, so that a
         confirmation finds the candidate it confirms held."""
-        order = {RunKind.CANDIDATE: 0, RunKind.BASELINE: 1, RunKind.NOISE: 1, RunKind.CONFIRM: 2}
+        order = {
+            RunKind.CANDIDATE: 0,
+            RunKind.BASELINE: 1,
+            RunKind.NOISE: 1,
+            RunKind.CONFIRM: 2,
+            RunKind.FINAL: 3,
+        }
         for flight in sorted(self.flights.values(), key=lambda f: (order[f.kind], f.id)):
             result = self.result(flight)
             if result is not None:

@@ -38,8 +38,10 @@ class FollowUp:
 
 
 class Judge:
-    def __init__(self, recorder: Recorder, policy: Policy, fingerprint: str, llm: bool, log: Any):
-        self.recorder, self.policy, self.fingerprint, self.llm = recorder, policy, fingerprint, llm
+    def __init__(self, recorder: Recorder, policy: Policy, run: dict, llm: bool, log: Any):
+        """run: what every spec of the run shares (flights.Jobs.run); the judge pins its
+        `hardware` to the baseline's signature, so the specs queued after carry it."""
+        self.recorder, self.policy, self.run, self.llm = recorder, policy, run, llm
         self.git: GitStore = recorder.git
         self.log = log
         self.best: float | None = None  # mean val_bpb of the frontier, once scored
@@ -63,10 +65,14 @@ class Judge:
         return noise.margin(sigma, self.policy.z, self.policy.min_delta)
 
     def resume(self) -> None:
-        """The frontier's value as results.tsv has it (a resumed run)."""
+        """The frontier's value and the hardware pin as results.tsv has them (a resumed
+        run: the first keep is the baseline)."""
         rows = self.recorder.results.rows()
         kept = best_kept(rows)
         self.best = noise.commit_value(rows, kept["commit"]) if kept else None
+        baseline = next((r for r in rows if r["status"] == RowStatus.KEEP), None)
+        if baseline is not None:
+            self.run["hardware"] = baseline.get("hardware", "")
 
     def _remeasure(self) -> None:
         self.best = noise.commit_value(self.recorder.results.rows(), self.frontier)
@@ -85,6 +91,9 @@ class Judge:
             return []
         if flight.kind == RunKind.CONFIRM:
             return self._confirmed(flight, result, stopping)
+        if flight.kind == RunKind.FINAL:
+            self.record(flight, result, decide.noise_run(result, final=True).status)
+            return []
         if not self.established or noise_pending:
             self.parked.append((flight, result))  # judged once the noise floor is known
             return []
@@ -100,7 +109,9 @@ class Judge:
 
     def _refused(self, spec: Spec, result: Result) -> dict:
         """A scored result is taken only when it was scored by this harness on this data."""
-        why = decide.refused(result, self.recorder.harness_sha256, self.fingerprint)
+        why = decide.refused(
+            result, self.recorder.harness_sha256, self.run["fingerprint"], self.run["hardware"]
+        )
         if not why:
             return result
         self.log.warning("result.refused", id=spec["id"], why=why, worker=result.get("worker"))
@@ -113,6 +124,8 @@ class Judge:
         self.record(flight, result, verdict.status)
         if verdict.status == RowStatus.KEEP:
             self._remeasure()
+            self.run["hardware"] = result.get("hardware") or ""
+            self.log.info("run.pinned", hardware=self.run["hardware"] or "(none reported)")
             return []
         self.baseline_failures += 1
         return [FollowUp(verdict.then, flight, result)]
@@ -217,7 +230,8 @@ class Judge:
         self, flight: Flight, result: Result, status: RowStatus | None, note: str | None = None
     ) -> None:
         spec = flight.spec
-        run = {k: spec[k] for k in ("seed", "budget", "profile", "fingerprint", "commit")}
+        run = {k: spec.get(k) for k in ("seed", "budget", "profile", "fingerprint", "commit")}
+        run["hardware"] = spec.get("hardware", "")
         exp = Experiment(
             flight.id, spec["commit"], spec["parent"], spec["description"], flight.proposal, run
         )

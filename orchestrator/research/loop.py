@@ -30,7 +30,7 @@ from harness.profiles import Profile
 from orchestrator import defaults, journal, logs, noise
 from orchestrator.gitstore import GitStore
 from orchestrator.proposers.base import Proposal, ProposalRequest, Proposer
-from orchestrator.research import stopping
+from orchestrator.research import final, stopping
 from orchestrator.research.decide import Then
 from orchestrator.research.flights import Flight, Jobs
 from orchestrator.research.judge import FollowUp, Judge
@@ -75,13 +75,15 @@ class Research:
 
     def __post_init__(self) -> None:
         self.folder = Path(self.runs_dir) / self.tag
+        # What every spec shares; hardware: the baseline's signature once it scored (Judge).
         run = {"profile": self.profile.name, "fingerprint": self.fingerprint, "budget": self.budget}
+        run["hardware"] = ""
         self.jobs = Jobs(self.redis, self.tag, run, self.log)
         self.publisher = Publisher(self.redis, self.tag, self.folder, self.policy, self.log)
         self.recorder = Recorder(self.git, self.folder, harness_digest(), self.publisher, self.log)
         self.recorder.published = self.publish_state
         llm = self.proposer.name == "llm"
-        self.judge = Judge(self.recorder, self.policy, self.fingerprint, llm, self.log)
+        self.judge = Judge(self.recorder, self.policy, self.jobs.run, llm, self.log)
         inbox = lambda: self.jobs.take_inbox(self.frontier)  # noqa: E731
         self.proposals = Proposals(self.proposer, self.policy, self.log, inbox)
         self.results = self.recorder.results
@@ -89,6 +91,7 @@ class Research:
         self.started = time.monotonic()
         self.stop_reason = ""
         self.stopped_by: stopping.Stopped | None = None  # the signal that stopped the run
+        self.final_launched = False  # the final re-measure (research/final.py)
         self.flights = self.jobs.flights  # id -> Flight, queued or running
         self.ready: deque[Ready] = deque()
         self._workers_at = 0.0
@@ -237,14 +240,13 @@ class Research:
 
     def done(self) -> bool:
         """Stopping and idle, or every allowed proposal made and all it led to (confirmation
-        runs, re-applied changes) decided."""
-        if self._stopping():
-            return self.idle()
+        runs, re-applied changes) decided; then the final re-measure, and done once it is."""
         limit = self.limits.max_experiments
-        if limit is not None and self.proposals.started >= limit and self.idle():
+        if self._stopping():
+            finished = self.idle()
+        elif finished := limit is not None and self.proposals.started >= limit and self.idle():
             self.stop_reason = f"max experiments ({limit}) reached"
-            return True
-        return False
+        return finished and not final.launch(self)  # no final runs due, or they ran
 
     def spent_usd(self) -> float:
         return spent_usd(self)

@@ -49,6 +49,7 @@ class Policy:
     llm_backoff_s: float = defaults.LLM_BACKOFF_S  # wait after one, tripled after each next
     sequential: bool = False  # propose, run, decide, one at a time (the old loop)
     noise_runs: int = defaults.NOISE_RUNS  # runs of the frontier for the noise floor
+    final_runs: int = defaults.FINAL_RUNS  # runs each of frontier and baseline at the end
     noise_every: int = defaults.NOISE_EVERY_KEEPS  # re-measure after this many keeps
     z: float = defaults.NOISE_Z
     min_delta: float = defaults.MIN_DELTA

@@ -74,6 +74,8 @@ def make_row(exp: Experiment, result: Result, status: RowStatus, note: str | Non
         "cage": result.get("cage"),
         "why": exp.proposal.why,
         "program": exp.proposal.program,
+        "hardware": result.get("hardware"),
+        "test_bpb": result.get("test_bpb"),
     }
 
 
@@ -131,6 +133,7 @@ class Recorder:
             "best_val_bpb": seen["best"]["val_bpb"] if seen["best"] else None,
             "baseline_val_bpb": seen["baseline"]["val_bpb"] if seen["baseline"] else None,
             "gain": seen["gain"],
+            "final": seen["final"],
             "noise_sigma": seen["noise"]["sigma"],
             "margin": session["margin"],
             "counts": seen["counts"],
@@ -161,9 +164,10 @@ class Recorder:
         self.session_rows.append({**written, "total_s": result.get("total_s")})
         if self.publisher.row(written):
             self.published()
-        repeat = status in (RowStatus.NOISE, RowStatus.CONFIRM)
-        if not repeat and exp.proposal.proposer not in (RunKind.BASELINE, "reapply"):
-            self.bar.update(1)  # the bar counts candidates, as --max-experiments does
+        # The bar counts candidates, as --max-experiments does: not the runs of a measured
+        # commit, nor a change re-applied.
+        if status not in REPEATS and exp.proposal.proposer not in (*RunKind, "reapply"):
+            self.bar.update(1)
         self.log.info(
             "decided",
             id=exp.id,

@@ -91,6 +91,7 @@ function workerRow(w, tag) {
   const who = el("div");
   who.append(el("div", w.name, "id"));
   who.append(el("div", [w.host, w.gpu, w.state].filter(Boolean).join(" \u00b7 "), "small"));
+  if (w.hardware) who.append(el("div", w.hardware, "small hardware"));  // its signature
   cell(tr, who);
   if (!w.exp_id) {
     cell(tr, "idle", "small").colSpan = 5;
