@@ -57,6 +57,18 @@ def test_the_ablation_verdicts_follow_the_interval():
     assert table[0]["loss"] == pytest.approx(0.05)
 
 
+def _cli(repo, data_dir, *args: str) -> subprocess.CompletedProcess:
+    """`autoresearch ARGS` in repo, on data_dir, with no other autoresearch setting."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=repo,
+        env=clean_env(AUTORESEARCH_DATA_DIR=str(data_dir)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def _lucky_no_op(source: str, best: float, margin: float) -> tuple[str, str]:
     """An edit with no effect on the true score whose seed-0 draw beats `best` by more than
     the margin (the kind of keep that selection over many tries lets through)."""
@@ -121,29 +133,14 @@ def _view(r) -> dict:
 
 def test_ablate_finds_the_kept_no_op(noisy_run, data_dir, tmp_path, sim_repo):  # noqa: F811
     r, _ = noisy_run
-    env = clean_env(AUTORESEARCH_DATA_DIR=str(data_dir))
     common = ["--runner", "simulate", "--profile", "cpu", "--runs-dir", str(tmp_path / "runs")]
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "ablate", "--tag", "s", "--runs", "16", *common],
-        cwd=sim_repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = _cli(sim_repo, data_dir, "ablate", "--tag", "s", "--runs", "16", *common)
     assert out.returncode == 0, out.stderr[-2000:]
     saved = json.loads((tmp_path / "runs" / "s" / "ablation.json").read_text())
     verdicts = {c["description"].split(" ->")[0]: c["verdict"] for c in saved["changes"]}
     assert verdicts == {"SIM_DELTA_A = 0.0": trust.CARRIES, "LR = 0.03": trust.NOISE}
     assert "| carries the gain |" in out.stdout and "| noise (within the 95% CI) |" in out.stdout
-    again = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "report", "--tag", "s", *common[4:]],
-        cwd=sim_repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = _cli(sim_repo, data_dir, "report", "--tag", "s", *common[4:])
     assert again.returncode == 0, again.stderr[-2000:]
     text = (tmp_path / "runs" / "s" / "report.md").read_text()
     assert "## Ablation: which kept changes carry the gain" in text
@@ -154,15 +151,7 @@ def test_ablate_on_a_run_without_a_kept_change_is_one_line(sim_repo, data_dir, t
     folder = tmp_path / "runs" / "empty"
     folder.mkdir(parents=True)
     (folder / "results.tsv").write_text("commit\tval_bpb\tstatus\tid\nabc1234\t1.0\tkeep\t0000\n")
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "ablate", "--tag", "empty"]
-        + ["--runs-dir", str(tmp_path / "runs")],
-        cwd=sim_repo,
-        env=clean_env(AUTORESEARCH_DATA_DIR=str(data_dir)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = _cli(sim_repo, data_dir, "ablate", "--tag", "empty", "--runs-dir", str(tmp_path / "runs"))
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "autoresearch: error: run empty kept no change beyond its baseline: nothing to ablate"
@@ -239,14 +228,8 @@ def test_verify_of_a_damaged_decision_json_is_one_line(sim_repo, data_dir, tmp_p
     (folder / "0001").mkdir(parents=True)
     (folder / "results.tsv").write_text("commit\tval_bpb\tstatus\tid\nabc1234\t1.0\tkeep\t0001\n")
     (folder / "0001" / "decision.json").write_text('{"run": ')
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "verify", "0001", "--tag", "bad"]
-        + ["--runs-dir", str(tmp_path / "runs")],
-        cwd=sim_repo,
-        env=clean_env(AUTORESEARCH_DATA_DIR=str(data_dir)),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    out = _cli(
+        sim_repo, data_dir, "verify", "0001", "--tag", "bad", "--runs-dir", str(tmp_path / "runs")
     )
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
