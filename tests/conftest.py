@@ -15,6 +15,18 @@ from harness.profiles import get_profile
 from orchestrator.redis_server import PrivateRedis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The shortest budget a real phase gets here. Before its first step trains, the train phase
+# starts Python, imports torch and the harness, and lets torch build its optimizer machinery:
+# about 5 s on 2 cores with torch's CUDA build (3.7 s with its CPU build), all inside the
+# wall. The deadline is the wall less the save margin, so 9 s leaves the tiny candidate
+# 2.5 s of steps even then; a tighter wall made honest candidates return late (`overtime`).
+SHORT_BUDGET = {
+    "train_wall_s": 9.0,
+    "save_margin_s": 1.5,
+    "return_grace_s": 0.7,
+    "eval_wall_s": 20.0,
+}
 WORDS = (
     "the model learns to predict the next token from the bytes of text while "
     "validation stays fixed and every result is measured in bits per byte under a budget"

@@ -26,7 +26,7 @@ import torch
 from harness import cage
 from harness import manifest as mf
 from harness.evaluate import score_split
-from tests.conftest import clean_env, git, run_candidate
+from tests.conftest import SHORT_BUDGET, clean_env, git, run_candidate
 from tests.test_cage import FIXED
 from tests.test_docker_runner import client, image, make_runner  # noqa: F401
 from worker.process_runner import ProcessRunner
@@ -243,7 +243,6 @@ def test_the_simulated_runner_gives_test_bpb_only_when_asked(data_dir, tmp_path)
 
 
 # The CLI: `verify --test` on a recorded experiment, and its harness and image check.
-SHORT = {"train_wall_s": 6.0, "save_margin_s": 1.5, "return_grace_s": 0.7, "eval_wall_s": 20.0}
 
 
 def record(repo: Path, runs: Path, data: Path, stamps: dict) -> None:
@@ -255,7 +254,7 @@ def record(repo: Path, runs: Path, data: Path, stamps: dict) -> None:
         {"commit": commit[:7], "val_bpb": 2.5, "status": "keep", "id": "0001", "description": "b"}
     )
     fingerprint = mf.load_manifest(data)["fingerprint"]
-    run = {"seed": 0, "budget": SHORT, "profile": "cpu", "fingerprint": fingerprint}
+    run = {"seed": 0, "budget": SHORT_BUDGET, "profile": "cpu", "fingerprint": fingerprint}
     result = {"status": "ok", "val_bpb": 2.5, "test_bpb": None, **stamps}
     folder = runs / "t" / "0001"
     folder.mkdir(parents=True, exist_ok=True)

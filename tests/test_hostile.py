@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_TRAIN, processes_under, run_candidate
+from tests.conftest import SHORT_BUDGET, TINY_TRAIN, processes_under, run_candidate
 from tests.test_docker_runner import client, image, make_runner, ours  # noqa: F401
 from worker.process_runner import ProcessRunner
 from worker.runner import Limits
 
-BUDGET = {"train_wall_s": 6.0, "save_margin_s": 1.5, "return_grace_s": 0.7, "eval_wall_s": 20.0}
+BUDGET = SHORT_BUDGET
 LIMITS = Limits(memory_bytes=3 * 2**30, file_bytes=64 * 2**20)
 
 

@@ -24,12 +24,12 @@ from orchestrator.local_workers import LocalWorkers
 from orchestrator.proposers.llm import LLMProposer
 from orchestrator.research import Policy, Research, budget_for
 from orchestrator.results import ResultsFile
-from tests.conftest import clean_env, git, processes_under, processes_with
+from tests.conftest import SHORT_BUDGET, clean_env, git, processes_under, processes_with
 from tests.llm_server import ScriptedLLMServer
 from worker import keys
 from worker.settings import WorkerSettings
 
-FAST = ["--train-wall", "6", "--eval-wall", "20"]
+FAST = ["--train-wall", f"{SHORT_BUDGET['train_wall_s']:g}", "--eval-wall", "20"]
 # One experiment at a time, one baseline run, no confirmation re-runs: these tests are
 # about the loop's trail, not the schedule or the noise rule (tests/test_scheduling.py
 # covers those, on simulated workers).
@@ -334,7 +334,7 @@ def test_a_run_resumed_after_ctrl_c_runs_what_was_cancelled(repo, data_dir):
     """Ctrl-C during the noise runs, then `run` again: the stopped noise run and the
     cancelled one run again (no infra_error rows), sigma is known, the summary counts this
     session's experiments, and the original notebook's reading of results.tsv is sane."""
-    args = ["run", "--tag", "res", "--train-wall", "8", "--eval-wall", "20"]
+    args = ["run", "--tag", "res", *FAST]
     args += ["--noise-runs", "3", "--no-confirm", "--sequential"]
     env = clean_env(AUTORESEARCH_DATA_DIR=str(data_dir))
     proc = start(repo, env, *args)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_TRAIN, processes_under, run_candidate
+from tests.conftest import SHORT_BUDGET, TINY_TRAIN, processes_under, run_candidate
 from worker.process_runner import ProcessRunner, visible_device
 from worker.runner import InfraError, Limits
 
-BUDGET = {"train_wall_s": 6.0, "save_margin_s": 1.5, "return_grace_s": 0.7, "eval_wall_s": 20.0}
+BUDGET = SHORT_BUDGET
 
 
 def run(data_dir: Path, tmp_path: Path, source: str, budget: dict | None = None, limits=None):
