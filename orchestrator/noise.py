@@ -16,10 +16,11 @@ from typing import Any
 from worker.vocab import FRONTIER, MEASURED
 
 
-def row_value(row: dict[str, str]) -> float | None:
-    """A row's val_bpb when it is a real measurement (a crash's 0.0 is not)."""
+def row_value(row: dict[str, str], column: str = "val_bpb") -> float | None:
+    """A row's val_bpb (or another score column) when it is a real measurement (a crash's
+    0.0 is not)."""
     try:
-        value = float(row.get("val_bpb") or 0)
+        value = float(row.get(column) or 0)
     except ValueError:
         return None
     return value if value > 0 and math.isfinite(value) else None
@@ -111,7 +112,7 @@ def final_gain(rows: list[dict[str, str]], baseline: str, frontier: str) -> dict
         out = []
         for row in rows:
             if row["status"] == "final" and row["commit"] == commit[:7]:
-                value = row_value({"val_bpb": row.get(column, "")})
+                value = row_value(row, column)
                 if value is not None:
                     out.append(value)
         return out

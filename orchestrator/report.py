@@ -428,7 +428,7 @@ def _git_diff(
         return None
     try:
         store = GitStore(repo, train_path)
-        old, new = _commit(store, tag, base), _commit(store, tag, best)
+        old, new = row_commit(store, tag, base), row_commit(store, tag, best)
         if old is None or new is None:
             return None
         return (old, new), store.diff(old, new)
@@ -436,7 +436,7 @@ def _git_diff(
         return None
 
 
-def _commit(store: GitStore, tag: str, row: dict[str, str]) -> str | None:
+def row_commit(store: GitStore, tag: str, row: dict[str, str]) -> str | None:
     """The full commit of a row: its candidate ref (exact) when it matches, else the
     7-char abbreviation results.tsv holds (None when git does not know it)."""
     abbrev = row["commit"]

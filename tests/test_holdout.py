@@ -23,19 +23,15 @@ import numpy as np
 import pytest
 import torch
 
-from harness import cage
 from harness import manifest as mf
 from harness.evaluate import score_split
+from tests import test_cage
 from tests.conftest import SHORT_BUDGET, clean_env, git, run_candidate
-from tests.test_cage import FIXED
-from tests.test_docker_runner import client, image, make_runner  # noqa: F401
+from tests.test_cage import BUDGET, FIXED, LIMITS
+from tests.test_docker_runner import client, image  # noqa: F401
 from worker.process_runner import ProcessRunner
-from worker.runner import InfraError, Limits
+from worker.runner import InfraError
 from worker.simulate import TEST_OFFSET, SimulatedRunner
-
-BUDGET = {"train_wall_s": 30.0, "save_margin_s": 3.0, "return_grace_s": 2.0, "eval_wall_s": 60.0}
-LIMITS = Limits(memory_bytes=3 * 2**30, file_bytes=64 * 2**20)
-HELD, WHY = cage.probe()
 
 PEEK = '''
 _PATHS = {paths!r}
@@ -83,22 +79,16 @@ def train(model, ctx):
 _REPORT = re.compile(r"(PEEK|CONTROL) (\w+): (open \S+|blocked)")
 
 
+# Both runners, each caged, as the cage's tests get them (with their budget and limits).
+runner = test_cage.runner
+
+
 def peeking(data_dir: Path) -> str:
     """FIXED (12 deterministic steps) that looks for the test split, on the host's path
     (process runner) and the container's (docker runner)."""
     paths = [str(data_dir / mf.TEST_DIR / "test.bin"), f"/data/{mf.TEST_DIR}/test.bin"]
     control = [str(data_dir / mf.TRAIN_DIR / "train_00000.bin"), "/data/train/train_00000.bin"]
     return FIXED + PEEK.format(paths=paths, control=control)
-
-
-@pytest.fixture(params=["process", "docker"])
-def runner(request, data_dir):
-    if request.param == "process":
-        if not HELD:
-            pytest.fail(f"the kernel cannot hold the process runner's cage: {WHY}")
-        return ProcessRunner(data_dir, LIMITS)
-    docker_client = request.getfixturevalue("client")
-    return make_runner(docker_client, request.getfixturevalue("image"), data_dir, LIMITS)
 
 
 def reports(lines: list[tuple[str, str]]) -> dict[tuple[str, str, str], str]:

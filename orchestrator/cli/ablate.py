@@ -15,13 +15,15 @@ import sys
 from typing import Any
 
 from orchestrator import defaults, logs, trust
-from orchestrator.cli.evaluate import _latest_tag, _recorded, run_once
+from orchestrator.cli.evaluate import run_once
 from orchestrator.cli.helpers import (
     CommandError,
     add_common,
     add_runner,
     data_fingerprint,
+    latest_tag,
     load_settings,
+    recorded_run,
     resolve_profile,
     runs_folder,
 )
@@ -45,7 +47,7 @@ def add_ablate(sub: Any) -> None:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from orchestrator.gitstore import GitStore
-    from orchestrator.report import _commit
+    from orchestrator.report import row_commit
     from worker import contract
     from worker.vocab import Outcome, RowStatus
 
@@ -54,12 +56,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     s = load_settings(args)
     git = GitStore(s.repo, s.train_path)
     runs_dir = runs_folder(s, git.repo)
-    tag = _latest_tag(runs_dir, args.tag)
+    tag = latest_tag(runs_dir, args.tag)
     kept = [r for r in _recorded_rows(runs_dir, tag) if r["status"] == RowStatus.KEEP]
     if len(kept) < 2:
         raise CommandError(f"run {tag} kept no change beyond its baseline: nothing to ablate", 2)
-    rows, _, run = _recorded(runs_dir, tag, kept[0]["id"])
-    commits = [_commit(git, tag, row) for row in kept]
+    rows, _, run = recorded_run(runs_dir, tag, kept[0]["id"])
+    commits = [row_commit(git, tag, row) for row in kept]
     if None in commits:
         missing = kept[commits.index(None)]
         raise CommandError(f"commit {missing['commit']} of {missing['id']} is not in {s.repo}", 1)

@@ -12,14 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator import defaults, logs
+from orchestrator import logs
 from orchestrator import settings as st
 from orchestrator.cli.helpers import (
     CommandError,
     add_common,
     add_runner,
     data_fingerprint,
+    latest_tag,
     load_settings,
+    recorded_run,
     resolve_profile,
     runs_folder,
 )
@@ -129,35 +131,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0 if result["status"] == Outcome.OK else 1
 
 
-def _latest_tag(runs_dir: Path, tag: str | None) -> str:
-    from orchestrator import view
-
-    found = tag or view.latest_tag(None, runs_dir)
-    if found is None:
-        raise st.SettingsError(f"tag: no runs under {runs_dir}")
-    return found
-
-
-def _recorded(runs_dir: Path, tag: str, exp_id: str) -> tuple[list[dict], dict, dict]:
-    """(the run's results rows, the experiment's row, how it ran) from the run folder."""
-    from orchestrator.results import ResultsFile
-
-    rows = ResultsFile(runs_dir / tag / defaults.RESULTS_FILE).rows()
-    row = next((r for r in rows if r["id"] == exp_id), None)
-    if row is None:
-        raise st.SettingsError(f"id: no experiment {exp_id} in run {tag}")
-    decision = runs_dir / tag / exp_id / "decision.json"
-    try:
-        run = json.loads(decision.read_text()).get("run") if decision.is_file() else None
-    except (ValueError, AttributeError):
-        raise st.SettingsError(
-            f"id: {decision} is not a decision.json this version wrote"
-        ) from None
-    if not run:
-        raise st.SettingsError(f"id: {exp_id} has no recorded run (rejected, or older format)")
-    return rows, row, run
-
-
 def _recorded_result(runs_dir: Path, tag: str, exp_id: str) -> dict:
     """The worker's result as recorded: result.json in the experiment folder (the worker
     writes it where it shares the runs folder), else the one decision.json holds."""
@@ -229,8 +202,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     s = load_settings(args)
     git = GitStore(s.repo, s.train_path)
     runs_dir = runs_folder(s, git.repo)
-    tag = _latest_tag(runs_dir, args.tag)
-    rows, row, run = _recorded(runs_dir, tag, args.id)
+    tag = latest_tag(runs_dir, args.tag)
+    rows, row, run = recorded_run(runs_dir, tag, args.id)
     log = logs.get()
     s.profile = run["profile"]
     profile, data_dir = resolve_profile(s, log)

@@ -8,6 +8,7 @@ the one-line message and the exit code.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,33 @@ def announce_cage(log: Any, runner: str) -> None:
             means="candidates are not confined: they can read the validation data, write "
             "outside their scratch and reach the network (README: the cage)",
         )
+
+
+def latest_tag(runs_dir: Path, tag: str | None) -> str:
+    """The run `tag` names, else the newest run under runs_dir."""
+    from orchestrator import view
+
+    found = tag or view.latest_tag(None, runs_dir)
+    if found is None:
+        raise st.SettingsError(f"tag: no runs under {runs_dir}")
+    return found
+
+
+def recorded_run(runs_dir: Path, tag: str, exp_id: str) -> tuple[list[dict], dict, dict]:
+    """(the run's results rows, the experiment's row, how it ran) from the run folder."""
+    from orchestrator.results import ResultsFile
+
+    rows = ResultsFile(runs_dir / tag / defaults.RESULTS_FILE).rows()
+    row = next((r for r in rows if r["id"] == exp_id), None)
+    if row is None:
+        raise st.SettingsError(f"id: no experiment {exp_id} in run {tag}")
+    decision = runs_dir / tag / exp_id / "decision.json"
+    try:
+        run = json.loads(decision.read_text()).get("run") if decision.is_file() else None
+    except (ValueError, AttributeError):
+        raise st.SettingsError(
+            f"id: {decision} is not a decision.json this version wrote"
+        ) from None
+    if not run:
+        raise st.SettingsError(f"id: {exp_id} has no recorded run (rejected, or older format)")
+    return rows, row, run
