@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import defaults, noise, trust
 from orchestrator.defaults import ABLATION_FILE
 from orchestrator.gitstore import GitError, GitStore
-from orchestrator.results import ROW_STATUSES
+from orchestrator.results import ROW_STATUSES, time_text
 from worker.vocab import REPEATS, Outcome, RowStatus
 
 if TYPE_CHECKING:
@@ -322,6 +322,7 @@ def markdown(
             "-" if nz.get("sigma") is None else f"{nz['sigma']:.6f} ({nz['dof']} dof)",
         ),
         ("Keep margin", _f6(nz.get("margin"))),
+        ("Time per experiment", time_text(s["time"]) if s.get("time") else "-"),
         ("Rows by status", _counts(s["counts"])),
         ("Rows by cage", _counts(s.get("cages") or {}) or "-"),
         (

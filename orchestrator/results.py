@@ -44,7 +44,33 @@ COLUMNS = (
     "program",  # sha256 (12) of the program.md an LLM proposal was made under
     "hardware",  # accelerator (or CPU), driver, CUDA, torch, image: what ran it
     "test_bpb",  # on the held-out test split: final re-measure rows only
+    # Where an experiment's time went (seconds), besides training_s and total_s: the
+    # candidate's start-up (import, build_model), compile and first step, saving the
+    # weights, the eval phase's scoring; the train process's start before the handover,
+    # the compile cache's copy, the queue, and from the worker's end to this row.
+    "startup_s",
+    "first_step_s",
+    "save_s",
+    "eval_s",
+    "prestart_s",
+    "cache_s",
+    "queue_s",
+    "record_s",
 )
+# The time split `status` and the report show, in the order an experiment spends it
+# ("steps": training_s less the first step, the training the wall is for).
+TIME_SPLIT = (
+    "queue",
+    "prestart",
+    "cache",
+    "startup",
+    "first_step",
+    "steps",
+    "save",
+    "eval",
+    "record",
+)
+TIME_ROWS = 20  # the split is the mean over this many of the last rows that ran
 # Status of a row: the decision for a scored candidate, else what stopped it.
 ROW_STATUSES = tuple(RowStatus)
 
@@ -139,6 +165,43 @@ def number(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
+def time_split(rows: list[dict[str, str]], last: int = TIME_ROWS) -> dict[str, Any] | None:
+    """Mean seconds of each part of TIME_SPLIT over the last rows whose train phase ran
+    (training_s present), and the share of total_s (train phase start to eval end) spent
+    in training steps. None before any such row; a part no row measured is None."""
+    ran = [r for r in rows if number(r.get("training_s")) is not None][-last:]
+    if not ran:
+        return None
+
+    def mean(values: list[float | None]) -> float | None:
+        found = [v for v in values if v is not None]
+        return sum(found) / len(found) if found else None
+
+    def part(row: dict[str, str], name: str) -> float | None:
+        if name == "steps":
+            training, first = number(row.get("training_s")), number(row.get("first_step_s"))
+            return None if training is None else training - (first or 0.0)
+        return number(row.get(f"{name}_s"))
+
+    out: dict[str, Any] = {name: mean([part(r, name) for r in ran]) for name in TIME_SPLIT}
+    total = mean([number(r.get("total_s")) for r in ran])
+    out |= {"total": total, "rows": len(ran)}
+    out["steps_share"] = out["steps"] / total if total and out["steps"] is not None else None
+    return out
+
+
+def time_text(split: dict[str, Any]) -> str:
+    """time_split as one line: each part's mean seconds, then the steps' share."""
+    parts = ", ".join(
+        f"{name.replace('_', ' ')} {split[name]:.2f}"
+        for name in TIME_SPLIT
+        if split[name] is not None
+    )
+    share = split["steps_share"]
+    tail = "" if share is None else f"; steps {100 * share:.1f}% of {split['total']:.2f} s"
+    return f"{parts}{tail} (mean s of the last {split['rows']})"
+
+
 def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -> dict[str, Any]:
     """Best, gain over the baseline, counts, noise floor, LLM use, experiments per hour."""
     kept = []
@@ -203,6 +266,7 @@ def summary(all_rows: list[dict[str, str]], state: dict[str, str], now: float) -
             "model": state.get("model", ""),
         },
         "experiments": len(ran),
+        "time": time_split(all_rows),
         "hours": hours,  # this session's
         "per_hour": len(session) / hours,
         "running": running,

@@ -26,7 +26,7 @@ from rq.utils import as_text
 
 from orchestrator import defaults
 from orchestrator.logs import printable
-from orchestrator.results import ResultsFile, epoch, summary
+from orchestrator.results import ResultsFile, epoch, summary, time_text
 from worker import keys
 from worker.keys import log_stream_key
 
@@ -339,6 +339,8 @@ def render_status(snap: dict[str, Any]) -> str:
         f"noise sigma {_num(nz['sigma'], '.4f')} ({nz['dof']} dof), keep margin "
         f"{_num(nz['margin'], '.4f')}"
     )
+    if snap.get("time"):
+        lines.append(f"time: {time_text(snap['time'])}")
     llm = snap["llm"]
     lines.append(
         f"LLM {llm['model'] or '-'}: {llm['prompt_tokens']} prompt + "

@@ -166,6 +166,8 @@ def test_logs_follow_and_status_on_a_live_run(make, pool, sim_repo, redis_server
     assert "run s: max experiments (2) reached; 3 experiments" in text
     assert "best val_bpb" in text and "workers (2):" in text and "last rows:" in text
     assert text.count("\n    hardware: simulated\n") == 2
+    # The simulated runner holds each worker 2.5 s of "training" and measures nothing else.
+    assert "\ntime: queue " in text and "steps 2.50, " in text and "(mean s of the last 3)" in text
 
     # The stream gone (expired, or another Redis): the run folder's log.jsonl answers.
     live = [

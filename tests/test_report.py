@@ -60,6 +60,9 @@ def row(commit: str, status: str, value: float, desc: str, exp_id: str, parent: 
     }
 
 
+TIMES = {"queue_s": 0.5, "first_step_s": 4.0, "training_s": 24.0, "total_s": 30.0}
+
+
 def write_results(path: Path, c0: str, c1: str, c2: str) -> list[dict[str, str]]:
     """A real results.tsv: baseline + noise runs, a discard, a crash, a rejected proposal,
     two keeps with their confirmations, a timeout; LLM usage on the proposals."""
@@ -76,7 +79,7 @@ def write_results(path: Path, c0: str, c1: str, c2: str) -> list[dict[str, str]]
         row(c1, "confirm", 2.42, "LR 0.03 -> 0.05", "0007", c0),
         row("ccccccc", "discard", 2.45, "another idea", "0008", c1, **use),
         row("ddddddd", "timeout", 0.0, "too slow", "0009", c1, **use),
-        row(c2, "keep", 2.30, "DIM 32 -> 64", "0010", c1, **use),
+        row(c2, "keep", 2.30, "DIM 32 -> 64", "0010", c1, **use, **TIMES),
         row(c2, "confirm", 2.32, "DIM 32 -> 64", "0011", c1, time="2026-01-01T02:00:00Z"),
     ]:
         results.append(r)
@@ -252,6 +255,10 @@ def test_report_with_git(run, repo, commits):
     assert "| Hours (the last session) | 2.00 |" in text
     assert "| Experiments per hour (the last session) | 5.5 |" in text
     assert "| Keep margin | 0.020000 |" in text
+    assert (
+        "| Time per experiment | queue 0.50, first step 4.00, steps 20.00; steps 66.7% of "
+        "30.00 s (mean s of the last 1) |" in text
+    )
     sigma = view.summary(rows, {}, 0)["noise"]["sigma"]
     assert f"| Noise sigma | {sigma:.6f} (4 dof) |" in text
     assert (

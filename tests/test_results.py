@@ -194,3 +194,27 @@ def test_the_readme_lists_every_results_column_in_order():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     listed = re.search(r"All columns: `([^`]+)`", readme)
     assert listed and tuple(listed.group(1).split()) == COLUMNS
+
+
+def test_the_time_split_is_the_mean_of_each_part_over_the_rows_that_trained():
+    from orchestrator.results import time_split, time_text
+
+    def row(**seconds: float) -> dict[str, str]:
+        return {f"{k}_s": f"{v:.6f}" for k, v in seconds.items()}
+
+    rows = [
+        row(queue=1, startup=2, first_step=4, training=24, save=1, eval=2, record=0.5, total=30),
+        row(queue=3, startup=2, first_step=6, training=26, save=1, eval=2, record=1.5, total=34),
+        {"status": "rejected", "training_s": ""},  # never trained: not in the means
+    ]
+    split = time_split(rows)
+    assert split["rows"] == 2 and split["queue"] == 2 and split["first_step"] == 5
+    assert split["steps"] == 20  # training less the first step: (20 + 20) / 2
+    assert split["prestart"] is None and split["total"] == 32
+    assert split["steps_share"] == 20 / 32
+    assert time_text(split) == (
+        "queue 2.00, startup 2.00, first step 5.00, steps 20.00, save 1.00, eval 2.00, "
+        "record 1.00; steps 62.5% of 32.00 s (mean s of the last 2)"
+    )
+    assert time_split(rows[2:]) is None
+    assert time_split(rows, last=1)["queue"] == 3

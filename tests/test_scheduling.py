@@ -182,6 +182,10 @@ def test_parallel_run_uses_every_worker(make, pool):
     assert confirm["worker"] != keep["worker"]
     assert r.git.resolve(r.git.branch("s")).startswith(keep["commit"])
     assert summary["best_val_bpb"] == pytest.approx(0.9, abs=0.01)
+    # Every row says how long its job queued and how long its result took to be recorded.
+    for row in rows:
+        assert 0 <= float(row["queue_s"]) < 60 and 0 <= float(row["record_s"]) < 60, row
+    assert max(float(row["queue_s"]) for row in rows) > HOLD_S  # more jobs than workers
 
 
 def test_workers_joining_and_leaving_mid_run_are_picked_up(make, pool, tmp_path):

@@ -10,6 +10,7 @@ import json
 import shutil
 import socket
 import time
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,16 @@ class ExperimentLog:
         self.jsonl.close()
 
 
+def _queue_seconds(job: Any) -> float | None:
+    """How long the job waited in its queue: from its (last) enqueueing to now."""
+    enqueued = getattr(job, "enqueued_at", None)
+    if enqueued is None:
+        return None
+    if enqueued.tzinfo is None:  # RQ before 3 kept naive UTC times
+        enqueued = enqueued.replace(tzinfo=UTC)
+    return max(0.0, time.time() - enqueued.timestamp())
+
+
 def run_experiment(spec: Spec) -> Result:
     """RQ entry point: refuse a bad spec, run the candidate, return the result dict."""
     contract.check_spec(spec)
@@ -141,6 +152,7 @@ def run_experiment(spec: Spec) -> Result:
         )
         raise
     job = get_current_job()
+    queued = _queue_seconds(job)
     redis = job.connection if job is not None else None
     worker_name = (job.worker_name if job is not None else None) or socket.gethostname()
     folder = settings.runs_dir / spec["tag"] / spec["id"]
@@ -158,6 +170,7 @@ def run_experiment(spec: Spec) -> Result:
         fields = runner.run(spec, folder, log.line)
         fields["worker"] = worker_name
         fields["gpu"] = "cpu" if settings.gpu is None else f"cuda:{settings.gpu}"
+        fields.update(queue_s=queued, ended_at=time.time())
         result = contract.make_result(spec, **fields)
         log.event("experiment.end", status=result["status"], val_bpb=result["val_bpb"])
         (folder / "result.json").write_text(json.dumps(result, indent=2))

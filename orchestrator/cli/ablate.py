@@ -72,40 +72,36 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         raise CommandError(f"data {fingerprint} differs from the run's {run['fingerprint']}", 1)
     frontier = git.read(commits[-1])
 
-    def measure(name: str, commit: str, source: str) -> list[float]:
-        values = []
-        for k in range(args.runs):
-            spec = contract.make_spec(
-                id=f"ablate-{name}-{k}",
-                tag=tag,
-                parent="",
-                commit=commit,
-                source=source,
-                profile=profile.name,
-                fingerprint=fingerprint,
-                budget=run["budget"],
-                seed=SEED + k,
-                description=f"ablate {name}",
-            )
-            result = run_once(s, spec, data_dir, runs_dir, "autoresearch-ablate-")
-            print(f"ablate {name} run {k + 1}/{args.runs}: {result['status']} "
-                  f"{result['val_bpb']}", file=sys.stderr)  # fmt: skip
-            if result["status"] == Outcome.OK and result["val_bpb"]:
-                values.append(result["val_bpb"])
-        return values
+    def measure(name: str, source: str, k: int) -> float | None:
+        spec = contract.make_spec(
+            id=f"ablate-{name}-{k}",
+            tag=tag,
+            parent="",
+            commit=commits[-1],
+            source=source,
+            profile=profile.name,
+            fingerprint=fingerprint,
+            budget=run["budget"],
+            seed=SEED + k,
+            description=f"ablate {name}",
+        )
+        result = run_once(s, spec, data_dir, runs_dir, "autoresearch-ablate-")
+        print(f"ablate {name} run {k + 1}/{args.runs}: {result['status']} "
+              f"{result['val_bpb']}", file=sys.stderr)  # fmt: skip
+        return result["val_bpb"] if result["status"] == Outcome.OK else None
 
-    variants = []
-    for i in range(1, len(kept)):
-        # The change i is its keep's diff against the keep before it: merging the inverse
-        # (theirs: the source before it) into the frontier removes it and keeps the rest.
-        reverted = git.merge3(git.read(commits[i]), frontier, git.read(commits[i - 1]))
-        row = kept[i]
-        variant = {"id": row["id"], "commit": row["commit"], "description": row["description"]}
-        if reverted is None:
-            variants.append({**variant, "values": [], "why": "its revert conflicts: not run"})
-        else:
-            variants.append({**variant, "values": measure(row["id"], commits[-1], reverted)})
-    values = measure("frontier", commits[-1], frontier)
+    variants = _variants(git, kept, commits, frontier)
+    # Seed by seed, the frontier and then each variant: whatever drifts while they run
+    # (the machine's load) drifts for all alike.
+    values: list[float] = []
+    for k in range(args.runs):
+        for name, source, into in [("frontier", frontier, values)] + [
+            (v["id"], v["source"], v["values"]) for v in variants if "source" in v
+        ]:
+            if (value := measure(name, source, k)) is not None:
+                into.append(value)
+    for v in variants:
+        v.pop("source", None)
     if not values:
         raise CommandError("the final frontier did not score: no ablation", 1)
     out = {
@@ -121,6 +117,22 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     (runs_dir / tag / defaults.ABLATION_FILE).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2) if args.json else "\n".join(trust.ablation_markdown(out)))
     return 0
+
+
+def _variants(git: Any, kept: list[dict], commits: list[str], frontier: str) -> list[dict]:
+    """The final frontier without each kept change in turn (its "source"), or why not."""
+    variants = []
+    for i in range(1, len(kept)):
+        # The change i is its keep's diff against the keep before it: merging the inverse
+        # (theirs: the source before it) into the frontier removes it and keeps the rest.
+        reverted = git.merge3(git.read(commits[i]), frontier, git.read(commits[i - 1]))
+        row = kept[i]
+        variant = {"id": row["id"], "commit": row["commit"], "description": row["description"]}
+        if reverted is None:
+            variants.append({**variant, "values": [], "why": "its revert conflicts: not run"})
+        else:
+            variants.append({**variant, "values": [], "source": reverted})
+    return variants
 
 
 def _recorded_rows(runs_dir: Any, tag: str) -> list[dict[str, str]]:

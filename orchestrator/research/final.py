@@ -42,9 +42,12 @@ def launch(r: Research) -> int:
     # A resumed run's next session starts past its ids, so its seeds are fresh again.
     seeds = [r.seed + SEED_OFFSET + r.recorder.first_id() + k for k in range(runs)]
     r.log.info("final.start", runs=runs, frontier=r.frontier[:12], baseline=base[:12])
-    for commit, name in ((r.frontier, "frontier"), (base, "baseline")):
-        source = r.git.read(commit)
-        for k, seed in enumerate(seeds):
+    sources = {commit: r.git.read(commit) for commit in (r.frontier, base)}
+    # Pairs, queued frontier then baseline seed by seed: whatever drifts while they run
+    # (the machine's load, its clocks) drifts for both alike.
+    for k, seed in enumerate(seeds):
+        for commit, name in ((r.frontier, "frontier"), (base, "baseline")):
+            source = sources[commit]
             exp_id = r.recorder.new_id()
             r.git.pin(r.tag, exp_id, commit)
             desc = f"final {k + 1}/{runs} of the {name} {commit[:7]} (seed {seed})"
