@@ -2,9 +2,11 @@
 
 Runs the real loop (private Redis, one local worker, the process runner, the mutate
 proposer) for N experiments and splits each experiment's wall time, from enqueue to the
-decision, into: queue wait, startup (process start, imports, build_model), training,
-save, train-phase teardown, eval phase, and record (result back to the orchestrator,
-decision, row). Overhead = wall - training. Prints a table and the means.
+decision, into: queue wait, prestart (the train process's start before the candidate is
+handed over: interpreter, imports, device; outside its wall), startup (from the handover:
+import of train.py, build_model), training, save, train-phase teardown, eval phase, and
+record (result back to the orchestrator, decision, row). Overhead = wall - training.
+Prints a table and the means.
 
     python bench/overhead.py [--experiments 10] [--train-wall 30]
 """
@@ -39,6 +41,7 @@ from worker.settings import WorkerSettings, default_data_root  # noqa: E402
 COLUMNS = (
     "wall",
     "queue",
+    "prestart",
     "startup",
     "training",
     "save",
@@ -113,6 +116,7 @@ def split_time(exp_id: str, wall: float, queue: float, r: dict) -> dict:
         "id": exp_id,
         "wall": wall,
         "queue": queue,
+        "prestart": r.get("prestart_s") or 0.0,
         "startup": r["startup_s"],
         "training": r["training_s"],
         "save": r["save_s"],

@@ -25,6 +25,10 @@ PROGRESS_EVERY_S = 1.0
 
 # Lines of the candidate's code that could pass for the harness's are marked with this.
 CANDIDATE_MARK = "[train.py] "
+# A waiting train phase prints this line once, before the candidate's code is handed over:
+# interpreter, torch, harness and device are up. The runner reads only the first, before it
+# sends the go (which starts the wall); any later one is the candidate's, and marked.
+READY_LINE = "@ready"
 # The eval phase's scores, signed: "@result <json> <hmac-sha256 hex>"; only a line whose
 # HMAC checks under the runner's per-experiment key (sent on the eval's go line) counts.
 RESULT_PREFIX = "@result "

@@ -1,7 +1,8 @@
 """Context: what a candidate's train.py gets from the harness, and the budget gate.
 
 The gate is `batches()`: it stops yielding at the training deadline, an absolute time the
-runner chose when it started the phase, so the runner's hard wall and the harness agree.
+runner chose when it handed the candidate over (the phase's go, which starts its hard wall
+too), so the runner's hard wall and the harness agree.
 The harness counts what was yielded (tokens, steps) itself; the candidate's own numbers are
 never read.
 """

@@ -46,14 +46,31 @@ def _write(scratch: Path, phase: str, payload: dict) -> None:
     tmp.replace(scratch / f"{phase}.json")
 
 
-def run_train(args: argparse.Namespace, manifest: dict) -> int:
+def _before_candidate() -> tuple:
+    """The train phase's start that is not the candidate's: torch and the harness imported,
+    the device initialised (on CUDA its context made) and what it trains on read (its
+    threads included). A waiting phase does it before its ready line, outside the wall.
+    torch._dynamo too: every torch.optim optimizer imports it when it is made (about 2 s
+    on a small CPU), and torch.compile needs it; it is nobody's idea, so nobody's wall."""
+    import torch
+    import torch._dynamo  # noqa: F401
+
+    import harness.context  # noqa: F401
+
+    device = _device()
+    if device.type == "cuda":
+        torch.cuda.init()
+    torch.zeros(1, device=device)  # the device's first allocation
+    return device, hardware.signature(device)
+
+
+def run_train(args: argparse.Namespace, manifest: dict, warm: tuple | None = None) -> int:
     import torch
 
     from harness.context import Context
 
-    device = _device()
-    # What it trains on, read before the candidate's code is loaded (its threads included).
-    signature = hardware.signature(device)
+    # Before the candidate's code is loaded; before the go when the phase waited for it.
+    device, signature = warm or _before_candidate()
     torch.manual_seed(args.seed)
     profile = manifest["profile"]
     data = Path(args.data)
@@ -215,19 +232,29 @@ def main(argv: list[str] | None = None) -> int:
         help="import torch, then wait for a 'go' line on stdin before starting the phase",
     )
     args = parser.parse_args(argv)
-    if args.phase == "train" and args.deadline is None:
-        parser.error("train needs --deadline")
+    if args.phase == "train" and args.deadline is None and not args.wait:
+        parser.error("train needs --deadline or --wait")
     key = ""
     server = None
     if args.phase == "eval":
         _not_dumpable()
         server = served.ModelServer()  # its imports overlap our wait for the go
+    warm = None
     try:
         if args.wait:
-            go = _wait_for_go()
+            warm = _before_candidate() if args.phase == "train" else None
+            go = _wait_for_go(ready=args.phase == "train")
             if go is None:
                 return codes.USAGE
             key = go
+        if args.phase == "train" and args.wait:
+            # The train phase's go carries its start and deadline, set when it was sent.
+            try:
+                args.started_at, args.deadline = (float(v) for v in key.split())
+            except ValueError:
+                print("harness: the train phase's go needs its start and deadline", file=sys.stderr)
+                return codes.USAGE
+            key = ""
         if args.phase == "eval" and not key:
             print("harness: the eval phase needs --wait and a key on its go line", file=sys.stderr)
             return codes.USAGE
@@ -242,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             return codes.USAGE
         try:
             if args.phase == "train":
-                return run_train(args, manifest)
+                return run_train(args, manifest, warm)
             return run_eval(args, manifest, server)
         except BaseException as exc:  # noqa: BLE001 - a failing candidate is data
             return _classify(exc)
@@ -251,12 +278,15 @@ def main(argv: list[str] | None = None) -> int:
             server.close()
 
 
-def _wait_for_go() -> str | None:
+def _wait_for_go(ready: bool = False) -> str | None:
     """Pay the imports before the phase is due, then wait for the runner's go.
 
     A runner starts the eval process while training runs, so the second torch import of
-    an experiment (over a second on a small CPU) is off its critical path. The go line
-    carries the eval phase's result key: "go <key>". None for anything else.
+    an experiment (over a second on a small CPU) is off its critical path; it starts the
+    train process before it hands the candidate over, and that one says when it is `ready`
+    (codes.READY_LINE): the candidate's wall starts at the go. The go line carries the eval
+    phase's result key, "go <key>", or the train phase's start and deadline (epoch s),
+    "go <started> <deadline>". The rest of the line, or None for anything else.
     """
     import numpy  # noqa: F401
     import torch  # noqa: F401
@@ -264,8 +294,10 @@ def _wait_for_go() -> str | None:
     import harness.context  # noqa: F401
     import harness.evaluate  # noqa: F401
 
-    word, _, key = sys.stdin.readline().strip().partition(" ")
-    return key if word == "go" else None
+    if ready:
+        print(codes.READY_LINE, flush=True)
+    word, _, rest = sys.stdin.readline().strip().partition(" ")
+    return rest if word == "go" else None
 
 
 def _classify(exc: BaseException) -> int:

@@ -47,13 +47,12 @@ COLUMNS = (
     # Where an experiment's time went (seconds), besides training_s and total_s: the
     # candidate's start-up (import, build_model), compile and first step, saving the
     # weights, the eval phase's scoring; the train process's start before the handover,
-    # the compile cache's copy, the queue, and from the worker's end to this row.
+    # the queue, and from the worker's end to this row.
     "startup_s",
     "first_step_s",
     "save_s",
     "eval_s",
     "prestart_s",
-    "cache_s",
     "queue_s",
     "record_s",
 )
@@ -62,7 +61,6 @@ COLUMNS = (
 TIME_SPLIT = (
     "queue",
     "prestart",
-    "cache",
     "startup",
     "first_step",
     "steps",

@@ -183,6 +183,36 @@ def train(model, ctx):
             ctx.log(step=step, loss=loss)
 '''
 
+# TINY_TRAIN that says when its first line of code ran and the deadline the harness gave
+# it, then prints a ready line as the harness's own would be.
+TIMED_TRAIN = (
+    "import json as _json, time as _time\n_IMPORTED_AT = _time.time()\n"
+    + TINY_TRAIN
+    + "\n\n_train = train\n\n\ndef train(model, ctx):\n"
+    "    print('TIMES ' + _json.dumps([_IMPORTED_AT, ctx.deadline]), flush=True)\n"
+    "    print('@ready', flush=True)\n"
+    "    _train(model, ctx)\n"
+)
+
+
+def assert_wall_starts_at_the_go(result: dict, lines: list, budget: dict, t0: float) -> None:
+    """TIMED_TRAIN's run, started at t0: the train process started (interpreter, torch,
+    device) before the go, and the candidate's wall, deadline and startup count from it."""
+    import json
+
+    assert result["status"] == "ok", result["log_tail"]
+    times = next(line for _, line in lines if line.startswith("TIMES "))
+    imported_at, deadline = json.loads(times[len("TIMES ") :])
+    went = deadline - (budget["train_wall_s"] - budget["save_margin_s"])  # the go, as sent
+    prestart = result["prestart_s"]
+    assert prestart > 0 and went - t0 >= prestart - 0.01
+    # None of that start is the candidate's: its code ran right after the go, and its
+    # startup (import of train.py, build_model) is a small part of what the start took.
+    assert -0.01 < imported_at - went < 0.25 * (went - t0)
+    assert result["startup_s"] < 0.5 * prestart
+    # Its own ready line, once its code runs, is marked as its own and changes nothing.
+    assert ("train", "[train.py] @ready") in lines
+
 
 @pytest.fixture
 def repo(tmp_path) -> Path:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
 import docker
-from tests.conftest import TINY_TRAIN, run_candidate
+from tests.conftest import TIMED_TRAIN, TINY_TRAIN, assert_wall_starts_at_the_go, run_candidate
 from worker.docker_runner import LABEL, DockerRunner, parse_path_map
 from worker.runner import Limits
 
@@ -195,6 +196,38 @@ def test_missing_image_is_an_infrastructure_error(client, data_dir, tmp_path):
         InfraError, match="runner image autoresearch-no-such-image:latest not found"
     ):
         run(runner, tmp_path, TINY_TRAIN)
+
+
+def test_the_wall_starts_when_the_candidate_is_handed_over(client, image, data_dir, tmp_path):
+    """The train container starts (container, interpreter, torch, device) and says it is
+    ready before the candidate's code is handed over; its wall, deadline and startup count
+    from the go, and the time before it is the result's prestart_s."""
+    runner = make_runner(client, image, data_dir)
+    t0 = time.time()
+    result, lines = run_candidate(runner, tmp_path / "work", TIMED_TRAIN, BUDGET)
+    assert_wall_starts_at_the_go(result, lines, BUDGET, t0)
+    assert ours(client) == []
+
+
+@pytest.mark.parametrize("why", ["slow", "dead"])
+def test_a_train_container_never_ready_is_the_hosts_failure(client, image, data_dir, tmp_path, why):
+    """Not ready within its limit (no interpreter imports torch in 50 ms), or dead before
+    it (an image whose python cannot start the harness): an InfraError, no container left,
+    and the candidate's code was never handed over, let alone run."""
+    from worker.runner import InfraError
+
+    source = "open('/scratch/ran', 'w').write('x')\n" + TINY_TRAIN
+    runner = make_runner(client, image, data_dir)
+    if why == "slow":
+        runner.ready_s = 0.05
+    else:
+        runner.python = "/bin/false"
+    match = "not ready within" if why == "slow" else "ended before it was ready"
+    with pytest.raises(InfraError, match=f"the train phase {match}"):
+        run_candidate(runner, tmp_path / "work", source, BUDGET)
+    assert (tmp_path / "work" / "train.py").read_text() == ""
+    assert not (tmp_path / "work" / "scratch" / "ran").exists()
+    assert ours(client) == []
 
 
 def test_path_map():

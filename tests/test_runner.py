@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHORT_BUDGET, TINY_TRAIN, processes_under, run_candidate
+from tests.conftest import (
+    SHORT_BUDGET,
+    TIMED_TRAIN,
+    TINY_TRAIN,
+    assert_wall_starts_at_the_go,
+    processes_under,
+    run_candidate,
+)
 from worker.process_runner import ProcessRunner, visible_device
 from worker.runner import InfraError, Limits
 
@@ -81,13 +89,20 @@ def test_hang_is_killed_at_the_wall_with_its_children(data_dir, tmp_path):
         "def train(model, ctx):\n"
         "    child = subprocess.Popen(['sleep', '600'])\n"
         "    open('child.pid', 'w').write(str(child.pid))\n"
+        "    open('deadline', 'w').write(repr(ctx.deadline))\n"
         "    while True:\n"
         "        time.sleep(0.05)\n"
     )
     result, _ = run(data_dir, tmp_path, source)
+    ended = time.time()
     assert result["status"] == "timeout"
     assert "wall" in result["error"]
     assert BUDGET["train_wall_s"] <= result["train_phase_s"] < BUDGET["train_wall_s"] + 3
+    # Killed a whole wall after the go (the deadline the harness got, less the margin),
+    # not after the process's start, which came before it.
+    deadline = float((tmp_path / "work" / "scratch" / "deadline").read_text())
+    went = deadline - (BUDGET["train_wall_s"] - BUDGET["save_margin_s"])
+    assert ended - went >= BUDGET["train_wall_s"] and result["prestart_s"] > 0
     pid = int((tmp_path / "work" / "scratch" / "child.pid").read_text())
     assert not alive(pid)
     assert processes_under(tmp_path / "work") == []
@@ -197,3 +212,29 @@ def test_the_train_phase_reports_the_hardware_signature_the_worker_probed(data_d
     else:
         threads = torch.get_num_threads()
         assert re.fullmatch(rf"cpu \S.* x{threads} threads \| torch \S+", probed), probed
+
+
+def test_the_wall_starts_when_the_candidate_is_handed_over(data_dir, tmp_path):
+    """The train process starts (interpreter, torch, device) and says it is ready before
+    the candidate's code is handed over; its wall, deadline and startup count from the go,
+    and the time before it is the result's prestart_s."""
+    t0 = time.time()
+    result, lines = run_candidate(ProcessRunner(data_dir), tmp_path / "work", TIMED_TRAIN, BUDGET)
+    assert_wall_starts_at_the_go(result, lines, BUDGET, t0)
+
+
+@pytest.mark.parametrize("why", ["slow", "dead"])
+def test_a_train_phase_never_ready_is_the_hosts_failure(data_dir, tmp_path, why):
+    """Not ready within its limit (no interpreter imports torch in 50 ms), or dead before
+    it (no file descriptor left to open even harness/boot.py): an InfraError, and the
+    candidate's code was never handed over, let alone run."""
+    source = "open('ran', 'w').write('x')\n" + TINY_TRAIN
+    runner = ProcessRunner(data_dir, Limits(open_files=3) if why == "dead" else None)
+    if why == "slow":
+        runner.ready_s = 0.05
+    match = "not ready within" if why == "slow" else "ended before it was ready"
+    with pytest.raises(InfraError, match=f"the train phase {match}"):
+        run_candidate(runner, tmp_path / "work", source, BUDGET)
+    assert (tmp_path / "work" / "train.py").read_text() == ""
+    assert not (tmp_path / "work" / "scratch" / "ran").exists()
+    assert processes_under(tmp_path / "work") == []

@@ -88,10 +88,9 @@ class Result(TypedDict):
     test_bpb: float | None  # on the held-out test split, when the spec asked (test_split)
     # Where the time went outside the phases: the train process's start before the
     # candidate's code was handed over (interpreter, torch, device: not in the wall), the
-    # copy of the parent's compile cache into scratch, the wait in the queue, and when the
-    # worker finished (epoch s, for the orchestrator's record time).
+    # wait in the queue, and when the worker finished (epoch s, for the orchestrator's
+    # record time).
     prestart_s: float | None
-    cache_s: float | None
     queue_s: float | None
     ended_at: float | None
 

@@ -253,16 +253,26 @@ class DockerRunner(Runner):
             container = self._create(phase, argv, workdir)
         start = time.monotonic()
         outcome = PhaseOutcome(exit_code=None, timed_out=False, seconds=0.0)
+        ready = self.readiness(phase, started)
         pump: threading.Thread | None = None
         try:
+            if not started:
+                container.start()
+            logs = container.logs(stream=True, follow=True)  # from the container's start
+            pump = pump_lines(
+                _lines(logs),
+                phase,
+                emit,
+                outcome.tail,
+                self.limits.log_bytes,
+                outcome.signed,
+                ready,
+            )
+            if ready is not None:
+                self.wait_ready(phase, ready, outcome.tail)
+                start = time.monotonic()  # the wall starts at the go
             if started:
                 self._go(container, phase)
-            else:
-                container.start()
-            logs = container.logs(stream=True, follow=True)
-            pump = pump_lines(
-                _lines(logs), phase, emit, outcome.tail, self.limits.log_bytes, outcome.signed
-            )
             try:
                 remaining = max(wall_s - (time.monotonic() - start), 0.1)
                 status = container.wait(timeout=remaining)

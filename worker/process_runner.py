@@ -179,21 +179,29 @@ class ProcessRunner(Runner):
         if proc is None:
             proc = self._spawn(argv, workdir)
         outcome = PhaseOutcome(exit_code=None, timed_out=False, seconds=0.0)
+        ready = self.readiness(phase, proc.stdin is not None)
         lines = iter(proc.stdout.readline, b"")
-        pump = pump_lines(lines, phase, emit, outcome.tail, self.limits.log_bytes, outcome.signed)
-        if proc.stdin:
-            try:
-                proc.stdin.write(self.go_line(phase))
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # it died while waiting; its exit code and output say why
+        pump = pump_lines(
+            lines, phase, emit, outcome.tail, self.limits.log_bytes, outcome.signed, ready
+        )
         try:
+            if ready is not None:
+                self.wait_ready(phase, ready, outcome.tail)
+                start = time.monotonic()  # the wall starts at the go
+            if proc.stdin:
+                try:
+                    proc.stdin.write(self.go_line(phase))
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass  # it died while waiting; its exit code and output say why
             self._wait(proc, start + wall_s, outcome)
         finally:
             # Kill the whole group: the candidate's children die with it, wall or not;
             # then whatever left the group (it may hold our output pipe open).
             _killpg(proc.pid)
             proc.wait()
+            if proc.stdin and not proc.stdin.closed:
+                proc.stdin.close()  # no go sent: a phase that was never ready
             self._kill_orphans()
             pump.join(timeout=5)
             if not pump.is_alive():  # closing under a blocked reader would hang

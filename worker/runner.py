@@ -40,6 +40,20 @@ class InfraError(RuntimeError):
     """The machine failed, not the candidate: raised so RQ retries the job on a worker."""
 
 
+# How long a prestarted train phase may take to say it is ready (interpreter, torch, the
+# device; a cold container on a slow disk): past it, or dead before it, the host failed.
+READY_S = 120.0
+
+
+class Ready:
+    """A waiting train phase's ready line (codes.READY_LINE) as its output pump sees it:
+    `event` is set at the first such line (`seen`) or at the end of the output (not seen)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.seen = False
+
+
 @dataclass
 class PhaseOutcome:
     exit_code: int | None  # None when killed at the wall
@@ -79,6 +93,11 @@ class Runner(ABC):
         self.limits = limits or Limits()
         self.seal = mf.harness_files(HARNESS_DIR)
         self._prestarted: dict[str, Any] = {}  # phase -> handle from start_waiting
+        self._spawned_at: dict[str, float] = {}  # phase -> when prestart started it (epoch s)
+        self._went_at: dict[str, float] = {}  # phase -> when its go was sent (epoch s)
+        self._handover: tuple[Path, str] | None = None  # the candidate's file and source
+        self._budget: dict[str, float] = {}
+        self.ready_s = READY_S
         self.gpu = gpu
         # The eval phase signs its scores with this; it travels on the go line only (one
         # per run, made in run()).
@@ -108,6 +127,7 @@ class Runner(ABC):
         raise NotImplementedError("a runner whose start_waiting returns handles discards them")
 
     def prestart(self, phase: str, argv: list[str], workdir: Path) -> bool:
+        self._spawned_at[phase] = time.time()
         handle = self.start_waiting(phase, argv, workdir)
         if handle is not None:
             self._prestarted[phase] = handle
@@ -120,7 +140,33 @@ class Runner(ABC):
         self._prestarted.clear()
 
     def go_line(self, phase: str) -> bytes:
-        return f"go {self.result_key}\n".encode() if phase == "eval" else b"go\n"
+        """A waiting phase's go. The eval's carries the result key. The train's hands the
+        candidate over (its file written only now) and carries the phase's start and its
+        training deadline, both taken now: the candidate's wall starts here."""
+        self._went_at[phase] = now = time.time()
+        if phase == "eval":
+            return f"go {self.result_key}\n".encode()
+        if self._handover is not None:
+            path, source = self._handover
+            path.write_text(source)  # in place: the inode a mount or a cage rule names
+        deadline = now + self._budget["train_wall_s"] - self._budget["save_margin_s"]
+        return f"go {now:.3f} {deadline:.3f}\n".encode()
+
+    @staticmethod
+    def readiness(phase: str, waiting: bool) -> Ready | None:
+        """What to watch in a phase's output before its go: a waiting train phase's ready."""
+        return Ready() if waiting and phase == "train" else None
+
+    def wait_ready(self, phase: str, ready: Ready, tail: Iterable[str]) -> None:
+        """Until the phase says it is ready. One that never does (too slow, or dead first)
+        is the host's failure, not the candidate's (its code was not handed over)."""
+        if not ready.event.wait(self.ready_s):
+            why = f"not ready within {self.ready_s:g}s (interpreter, torch, device)"
+        elif not ready.seen:
+            why = "ended before it was ready: " + " | ".join(list(tail)[-5:])
+        else:
+            return
+        raise InfraError(f"the {phase} phase {why}")
 
     def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
         workdir = Path(workdir)
@@ -136,22 +182,26 @@ class Runner(ABC):
         shutil.rmtree(scratch, ignore_errors=True)
         (scratch / "tmp").mkdir(parents=True)  # TMPDIR and compile caches: private
         candidate = workdir / "train.py"
-        candidate.write_text(spec["source"])
-        budget = spec["budget"]
+        # Empty until the train phase's go (go_line): a mount or a cage rule can name it
+        # now, but no phase can read, let alone run, the candidate's code before its wall.
+        candidate.write_text("")
+        self._handover = (candidate, spec["source"])
+        budget = self._budget = spec["budget"]
         started = time.time()
-        train_args = [
-            "--deadline",
-            f"{started + budget['train_wall_s'] - budget['save_margin_s']:.3f}",
-            "--grace",
-            str(budget["return_grace_s"]),
-        ]
+        # The train process starts (interpreter, torch, device) before the candidate is
+        # handed over, and says when it is ready; its go carries the start and deadline.
+        train_argv = self._argv(
+            "train", spec, None, ["--wait", "--grace", str(budget["return_grace_s"])]
+        )
         # The eval process imports torch while training runs, then waits for its go, which
         # carries the result key: it cannot be started any other way.
         eval_argv = self._argv("eval", spec, None, ["--wait"] + ["--test"] * self.test_split)
-        if not self.prestart("eval", eval_argv, workdir):
-            raise InfraError(f"the {self.name} runner cannot start the eval phase waiting")
         try:
-            return self._run(spec, workdir, emit, started, train_args, eval_argv)
+            for phase, argv in (("train", train_argv), ("eval", eval_argv)):
+                if not self.prestart(phase, argv, workdir):
+                    why = f"the {self.name} runner cannot start the {phase} phase waiting"
+                    raise InfraError(why)
+            return self._run(spec, workdir, emit, started, train_argv, eval_argv)
         finally:
             self.discard_prestarted()
 
@@ -161,19 +211,15 @@ class Runner(ABC):
         workdir: Path,
         emit: Emit,
         started: float,
-        train_args: list[str],
+        train_argv: list[str],
         eval_argv: list[str],
     ) -> dict[str, Any]:
         scratch = workdir / "scratch"
         budget = spec["budget"]
-        train = self.run_phase(
-            "train",
-            self._argv("train", spec, started, train_args),
-            workdir,
-            budget["train_wall_s"],
-            emit,
-        )
-        fields: dict[str, Any] = {"train_phase_s": train.seconds}
+        train = self.run_phase("train", train_argv, workdir, budget["train_wall_s"], emit)
+        # The train process's start before its go (interpreter, torch, device): not its wall.
+        prestart_s = self._went_at["train"] - self._spawned_at["train"]
+        fields: dict[str, Any] = {"train_phase_s": train.seconds, "prestart_s": prestart_s}
         status, error = self._classify(train, "train", budget["train_wall_s"])
         if status == Outcome.OK and not (scratch / "train.json").is_file():
             status, error = Outcome.CRASH, "train phase exited without saving weights"
@@ -320,15 +366,30 @@ def pump_lines(
     tail: deque[str],
     log_bytes: int,
     signed: list[str] | None = None,
+    ready: Ready | None = None,
 ) -> threading.Thread:
     """Forward a phase's output lines as they come, keeping a tail and capping the volume.
-    The eval scorer's signed result lines are collected whatever the cap."""
+    The eval scorer's signed result lines are collected whatever the cap; a waiting train
+    phase's ready line (only the first, before the candidate's code can run) sets `ready`."""
 
     def pump() -> None:
+        try:
+            forward()
+        finally:
+            if ready is not None:
+                ready.event.set()  # seen, or the output ended without it
+
+    def forward() -> None:
         kept = dropped = 0
         for raw in lines:
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            if phase != "eval" and line.startswith(SCORER_ONLY):
+            if ready is not None and not ready.seen and line == codes.READY_LINE:
+                ready.seen = True
+                ready.event.set()
+                continue
+            if line.startswith(codes.READY_LINE) or (
+                phase != "eval" and line.startswith(SCORER_ONLY)
+            ):
                 line = codes.CANDIDATE_MARK + line  # the candidate's own, not a score
             elif line.startswith(codes.RESULT_PREFIX) and signed is not None:
                 signed.append(line)

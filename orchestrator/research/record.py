@@ -77,7 +77,7 @@ def make_row(exp: Experiment, result: Result, status: RowStatus, note: str | Non
         "hardware": result.get("hardware"),
         "test_bpb": result.get("test_bpb"),
         **{k: result.get(k) for k in ("startup_s", "first_step_s", "save_s", "eval_s")},
-        **{k: result.get(k) for k in ("prestart_s", "cache_s", "queue_s")},
+        **{k: result.get(k) for k in ("prestart_s", "queue_s")},
         "record_s": time.time() - ended if (ended := result.get("ended_at")) else None,
     }
 
