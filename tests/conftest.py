@@ -16,11 +16,11 @@ from orchestrator.redis_server import PrivateRedis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# The shortest budget a real phase gets here. Before its first step trains, the train phase
-# starts Python, imports torch and the harness, and lets torch build its optimizer machinery:
-# about 5 s on 2 cores with torch's CUDA build (3.7 s with its CPU build), all inside the
-# wall. The deadline is the wall less the save margin, so 9 s leaves the tiny candidate
-# 2.5 s of steps even then; a tighter wall made honest candidates return late (`overtime`).
+# The shortest budget a real phase gets here. Its wall holds the candidate's import,
+# build_model and steps; the train process's start (Python, torch, the harness) is before
+# the go. When that start still counted, torch's CUDA build on 2 cores took about 5 s before
+# the first step trained, and 6 s walls made honest candidates `overtime`: 9 s leaves room
+# for a slower or busier machine.
 SHORT_BUDGET = {
     "train_wall_s": 9.0,
     "save_margin_s": 1.5,
