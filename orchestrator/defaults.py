@@ -37,7 +37,8 @@ JOURNAL_TOKENS = 6000
 # kind of change (0: never).
 PLATEAU = 20
 FAILURE_TAIL_LINES = 40
-# RQ: seconds added to the two walls for the job timeout (how long results live: worker/keys.py).
+# RQ: seconds added to the two walls and the train phase's ready limit (worker/runner.py
+# READY_S) for the job timeout (how long results live: worker/keys.py).
 JOB_TIMEOUT_MARGIN_S = 120
 # How often the loop polls a job it awaits.
 POLL_INTERVAL_S = 0.1

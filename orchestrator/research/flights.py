@@ -31,6 +31,7 @@ from orchestrator.proposers.base import Proposal
 from orchestrator.validate import normalized_hash
 from worker import contract, keys
 from worker.contract import Result, Spec
+from worker.runner import READY_S
 from worker.vocab import Outcome, RunKind
 
 # RQ's statuses of a job that will not change again.
@@ -68,7 +69,8 @@ class Jobs:
         self.queue = Queue(keys.QUEUE_NAME, connection=connection, serializer=JSONSerializer)
         budget = run["budget"]
         self.job_seconds = float(budget["train_wall_s"] + budget["eval_wall_s"])  # average
-        self.timeout = int(self.job_seconds) + defaults.JOB_TIMEOUT_MARGIN_S
+        # The train process may take READY_S to be ready before its wall starts.
+        self.timeout = int(self.job_seconds + READY_S) + defaults.JOB_TIMEOUT_MARGIN_S
         self.flights: dict[str, Flight] = {}
         self.workers: list[str] = []
         self.paused = False  # `autoresearch pause`: nothing new is queued
