@@ -76,13 +76,19 @@ if [ "${SMOKE_LOCAL_BASE:-0}" = 1 ]; then
     if [ -z "${RUNNER_TORCH_SPEC:-}" ]; then
         torch_version=$(.venv/bin/python -c 'import torch; print(torch.__version__)') ||
             fail "no torch in .venv (make install first)"
-        if ! ls docker/wheels/torch-"${torch_version/+/%2B}"-*.whl docker/wheels/torch-"$torch_version"-*.whl >/dev/null 2>&1; then
+        # The package index names a build by its public version alone (PyPI's CUDA build of
+        # 2.14.1 reports itself as 2.14.1+cu130); `==2.14.1` also matches a local build such
+        # as 2.13.0+cpu's wheel, which pip prefers to the public one of its version.
+        public_version=${torch_version%%+*}
+        if ! ls docker/wheels/torch-"${torch_version/+/%2B}"-*.whl docker/wheels/torch-"$torch_version"-*.whl \
+            docker/wheels/torch-"$public_version"-*.whl >/dev/null 2>&1; then
             .venv/bin/pip download -q --no-deps --only-binary=:all: -d docker/wheels "torch==$torch_version" ||
+                .venv/bin/pip download -q --no-deps --only-binary=:all: -d docker/wheels "torch==$public_version" ||
                 .venv/bin/pip download -q --no-deps --only-binary=:all: -d docker/wheels \
                     --extra-index-url https://download.pytorch.org/whl/cpu "torch==$torch_version" ||
                 fail "pip download torch==$torch_version"
         fi
-        RUNNER_TORCH_SPEC="torch==$torch_version"
+        RUNNER_TORCH_SPEC="torch==$public_version"
     fi
 fi
 if [ "${SMOKE_SKIP_BUILD:-0}" = 1 ]; then
