@@ -190,12 +190,10 @@ class Runner(ABC):
         started = time.time()
         # The train process starts (interpreter, torch, device) before the candidate is
         # handed over, and says when it is ready; its go carries the start and deadline.
-        train_argv = self._argv(
-            "train", spec, None, ["--wait", "--grace", str(budget["return_grace_s"])]
-        )
+        train_argv = self._argv("train", spec, ["--wait", "--grace", str(budget["return_grace_s"])])
         # The eval process imports torch while training runs, then waits for its go, which
         # carries the result key: it cannot be started any other way.
-        eval_argv = self._argv("eval", spec, None, ["--wait"] + ["--test"] * self.test_split)
+        eval_argv = self._argv("eval", spec, ["--wait"] + ["--test"] * self.test_split)
         try:
             for phase, argv in (("train", train_argv), ("eval", eval_argv)):
                 if not self.prestart(phase, argv, workdir):
@@ -262,8 +260,7 @@ class Runner(ABC):
     def harness_sha256(self) -> str:
         return mf.files_digest(self.seal)
 
-    def _argv(self, phase: str, spec: dict, started: float | None, extra: list[str]) -> list[str]:
-        start = [] if started is None else ["--started-at", f"{started:.3f}"]
+    def _argv(self, phase: str, spec: dict, extra: list[str]) -> list[str]:
         return [
             phase,
             "--candidate",
@@ -274,7 +271,6 @@ class Runner(ABC):
             self.scratch_path(),
             "--seed",
             str(spec["seed"]),
-            *start,
             *extra,
         ]
 
