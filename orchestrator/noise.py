@@ -26,15 +26,22 @@ def row_value(row: dict[str, str], column: str = "val_bpb") -> float | None:
     return value if value > 0 and math.isfinite(value) else None
 
 
+def warm_only(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """One commit's runs, less the cold ones when it has warm ones. A run given no compile
+    cache (cache_mb 0) compiled inside its wall, which a run with the frontier's cache did
+    not: on a GPU that is a tenth of the wall, so the two are not one measurement (the
+    baseline's first run is cold, its noise runs warm). On a CPU nothing compiles and every
+    run is cold: all are kept."""
+    warm = [r for r in rows if (row_value(r, "cache_mb") or 0.0) > 0]
+    return warm or rows
+
+
 def measurements(rows: Iterable[dict[str, str]], commit: str, statuses=FRONTIER) -> list[float]:
-    """Every val_bpb measured for one commit (7-char prefix match, as results.tsv holds)."""
-    out = []
-    for row in rows:
-        if row["status"] in statuses and row["commit"] == commit[:7]:
-            value = row_value(row)
-            if value is not None:
-                out.append(value)
-    return out
+    """Every val_bpb measured for one commit (7-char prefix match, as results.tsv holds),
+    its warm runs only when it has some (warm_only)."""
+    mine = [r for r in rows if r["status"] in statuses and r["commit"] == commit[:7]]
+    values = (row_value(row) for row in warm_only([r for r in mine if row_value(r) is not None]))
+    return [v for v in values if v is not None]
 
 
 def commit_value(rows: Iterable[dict[str, str]], commit: str) -> float | None:
@@ -54,14 +61,12 @@ def pooled_sigma(rows: Iterable[dict[str, str]]) -> tuple[float, int]:
 
 
 def measured_groups(rows: Iterable[dict[str, str]]) -> dict[str, list[float]]:
-    """commit -> its measured val_bpb values (rows in MEASURED)."""
-    groups: dict[str, list[float]] = {}
+    """commit -> its measured val_bpb values (rows in MEASURED; warm_only)."""
+    groups: dict[str, list[dict[str, str]]] = {}
     for row in rows:
-        if row["status"] in MEASURED:
-            value = row_value(row)
-            if value is not None:
-                groups.setdefault(row["commit"], []).append(value)
-    return groups
+        if row["status"] in MEASURED and row_value(row) is not None:
+            groups.setdefault(row["commit"], []).append(row)
+    return {c: [row_value(r) or 0.0 for r in warm_only(group)] for c, group in groups.items()}
 
 
 def margin(sigma: float, z: float, min_delta: float) -> float:

@@ -47,7 +47,8 @@ COLUMNS = (
     # Where an experiment's time went (seconds), besides training_s and total_s: the
     # candidate's start-up (import, build_model), compile and first step, saving the
     # weights, the eval phase's scoring; the train process's start before the handover,
-    # the queue, and from the worker's end to this row.
+    # the queue, and from the worker's end to this row; the compile cache's copy in and out
+    # (seconds) and the size of the copy (MB, 0 when the candidate started cold).
     "startup_s",
     "first_step_s",
     "save_s",
@@ -55,11 +56,14 @@ COLUMNS = (
     "prestart_s",
     "queue_s",
     "record_s",
+    "cache_s",
+    "cache_mb",
 )
 # The time split `status` and the report show, in the order an experiment spends it
 # ("steps": training_s less the first step, the training the wall is for).
 TIME_SPLIT = (
     "queue",
+    "cache",
     "prestart",
     "startup",
     "first_step",

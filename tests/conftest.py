@@ -195,6 +195,31 @@ TIMED_TRAIN = (
 )
 
 
+# A candidate that shows what each phase's compile cache holds: the train phase lists its
+# folder and compiles into it; build_model, which the eval phase's model server runs too,
+# says which folder it was given and what is in it.
+CACHE_PROBE = TINY_TRAIN.replace(
+    "def build_model(ctx):\n",
+    "def build_model(ctx):\n"
+    "    import os\n"
+    "    folder = os.environ.get('TORCHINDUCTOR_CACHE_DIR', '')\n"
+    "    found = sorted(os.listdir(folder)) if os.path.isdir(folder) else []\n"
+    "    print('CACHE', os.path.basename(folder), found, flush=True)\n"
+    "    if os.path.basename(folder) == 'compile-cache':\n"
+    "        open(os.path.join(folder, 'compiled-by-' + str(ctx.seed)), 'w').write('k')\n",
+)
+
+
+def assert_caches_seen(lines: list) -> None:
+    """CACHE_PROBE's run, given a frontier cache holding fxgraph/: the train phase found
+    the copy in its folder, the eval phase (its model server) an empty folder of its own."""
+    # (the model server's lines come marked as the candidate's)
+    said = [(phase, line[line.index("CACHE ") :]) for phase, line in lines if "CACHE " in line]
+    assert ("train", "CACHE compile-cache ['fxgraph']") in said, said
+    eval_said = [line for phase, line in said if phase == "eval"]
+    assert eval_said and all("fxgraph" not in line and "compiled" not in line for line in eval_said)
+
+
 def assert_wall_starts_at_the_go(result: dict, lines: list, budget: dict, t0: float) -> None:
     """TIMED_TRAIN's run, started at t0: the train process started (interpreter, torch,
     device) before the go, and the candidate's wall, deadline and startup count from it."""

@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 import docker
-from tests.conftest import TIMED_TRAIN, TINY_TRAIN, assert_wall_starts_at_the_go, run_candidate
+from tests.conftest import (
+    CACHE_PROBE,
+    TIMED_TRAIN,
+    TINY_TRAIN,
+    assert_caches_seen,
+    assert_wall_starts_at_the_go,
+    run_candidate,
+)
+from worker.compile_cache import CacheStore
 from worker.docker_runner import LABEL, DockerRunner, parse_path_map
 from worker.runner import Limits
 
@@ -207,6 +215,22 @@ def test_the_wall_starts_when_the_candidate_is_handed_over(client, image, data_d
     result, lines = run_candidate(runner, tmp_path / "work", TIMED_TRAIN, BUDGET)
     assert_wall_starts_at_the_go(result, lines, BUDGET, t0)
     assert ours(client) == []
+
+
+def test_the_train_container_compiles_into_its_copy_of_the_cache(client, image, data_dir, tmp_path):
+    """The container's user (not the worker's) writes into its copy of the frontier's
+    cache; the eval container gets an empty folder of its own; the copy is kept."""
+    store = CacheStore(tmp_path / "store", writable_by_all=True)
+    (tmp_path / "frontier" / "fxgraph").mkdir(parents=True)
+    (tmp_path / "frontier" / "fxgraph" / "kernel").write_text("k")
+    assert store.keep("p", tmp_path / "frontier") == ""
+    runner = make_runner(client, image, data_dir)
+    runner.caches = store
+    result, lines = run_candidate(runner, tmp_path / "work", CACHE_PROBE, BUDGET)
+    assert result["status"] == "ok", result["log_tail"]
+    assert_caches_seen(lines)
+    assert (store.root / "c" / "compiled-by-0").read_text() == "k"
+    assert result["cache_mb"] > 0
 
 
 @pytest.mark.parametrize("why", ["slow", "dead"])

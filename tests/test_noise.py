@@ -44,6 +44,20 @@ def test_commit_value_is_the_mean_of_the_frontier_runs():
     assert noise.commit_value(ROWS, "ccccccc") is None  # discarded: not a frontier
 
 
+def test_a_cold_run_is_left_out_where_its_commit_has_warm_ones():
+    """The baseline's first run compiled in its wall (no cache); its noise runs did not."""
+    cold, warm = row("aaaaaaa", 1.10, "keep"), row("aaaaaaa", 1.00, "noise")
+    warm2 = row("aaaaaaa", 1.02, "noise")
+    cold["cache_mb"], warm["cache_mb"], warm2["cache_mb"] = "0.000000", "85.2", "85.2"
+    rows = [cold, warm, warm2, row("bbbbbbb", 0.9, "keep"), row("bbbbbbb", 0.92, "confirm")]
+    assert noise.commit_value(rows, "aaaaaaa") == pytest.approx(1.01)
+    assert noise.measured_groups(rows) == {"aaaaaaa": [1.00, 1.02], "bbbbbbb": [0.9, 0.92]}
+    # All cold (a CPU, where nothing compiles): every run counts.
+    assert noise.commit_value([cold, row("aaaaaaa", 1.0, "noise")], "aaaaaaa") == pytest.approx(
+        1.05
+    )
+
+
 def test_margin_is_the_larger_of_the_floor_and_z_sigmas():
     assert noise.margin(0.01, 2.0, 0.001) == pytest.approx(0.02)
     assert noise.margin(0.0001, 2.0, 0.001) == 0.001

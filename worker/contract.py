@@ -93,6 +93,10 @@ class Result(TypedDict):
     prestart_s: float | None
     queue_s: float | None
     ended_at: float | None
+    # The compile cache (worker/compile_cache.py): seconds to copy the frontier's in and
+    # take the candidate's out (outside the wall), and the size of the copy (0: cold).
+    cache_s: float | None
+    cache_mb: float | None
 
 
 SPEC_FIELDS = tuple(Spec.__annotations__)

@@ -30,7 +30,7 @@ from docker.types import Mount
 import docker
 from harness import boot
 from harness import manifest as mf
-from worker import engine
+from worker import compile_cache, engine
 from worker.runner import HARNESS_ROOT, Emit, InfraError, Limits, PhaseOutcome, Runner, pump_lines
 
 LABEL = "autoresearch"
@@ -76,6 +76,7 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 class DockerRunner(Runner):
     name = "docker"
     cage = "docker"
+    other_user = True  # the containers' non-root user
 
     def __init__(
         self,
@@ -192,9 +193,13 @@ class DockerRunner(Runner):
                 labels=self.create_labels(),
                 mounts=self._mounts(phase, workdir),
                 working_dir=IN_SCRATCH,
-                # No secret; TMPDIR (and the compile caches under it) in the scratch,
-                # which the eval phase's model server may read back.
-                environment={"HOME": IN_SCRATCH, "TMPDIR": f"{IN_SCRATCH}/tmp"},
+                # No secret; TMPDIR and the compile caches in the scratch (the train
+                # phase's a copy of the frontier's, the eval phase's its own).
+                environment={
+                    "HOME": IN_SCRATCH,
+                    "TMPDIR": f"{IN_SCRATCH}/tmp",
+                    **compile_cache.env(IN_SCRATCH, phase),
+                },
                 user=self.user,
                 network_mode="none",
                 read_only=True,

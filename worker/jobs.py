@@ -20,6 +20,7 @@ from rq import get_current_job
 from harness import codes
 from harness import manifest as mf
 from worker import contract, keys
+from worker.compile_cache import STORE_DIR, CacheStore
 from worker.contract import Result, Spec
 from worker.keys import STREAM_TTL_S, log_stream_key
 from worker.process_runner import ProcessRunner
@@ -158,6 +159,9 @@ def run_experiment(spec: Spec) -> Result:
     folder = settings.runs_dir / spec["tag"] / spec["id"]
     log = ExperimentLog(folder, redis, spec["tag"], spec["id"])
     runner = make_runner(settings)
+    # The run's compile caches, shared by the workers writing into this run folder.
+    store = settings.runs_dir / spec["tag"] / STORE_DIR
+    runner.caches = CacheStore(store, writable_by_all=runner.other_user)
     log.event(
         "experiment.start",
         worker=worker_name,

@@ -20,7 +20,7 @@ from typing import Any
 
 from harness import boot, cage
 from harness import manifest as mf
-from worker import lifeline
+from worker import compile_cache, lifeline
 from worker.runner import (
     HARNESS_DIR,
     PASSTHROUGH_ENV,
@@ -62,9 +62,11 @@ class ProcessRunner(Runner):
         read |= {str(data / name) for name in (mf.MANIFEST, mf.TOKENIZER_DIR, *splits)}
         return cage.Policy(sorted(cage.python_paths() | read), [scratch]).to_dict()
 
-    def _env(self, workdir: Path) -> dict[str, str]:
-        """A clean environment: no API keys, no Redis password, nothing inherited by accident."""
+    def _env(self, workdir: Path, phase: str = "") -> dict[str, str]:
+        """A clean environment: no API keys, no Redis password, nothing inherited by accident;
+        the phase's compile caches in its scratch."""
         env = {
+            **compile_cache.env(str(workdir / "scratch"), phase),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(workdir / "scratch"),
             # The worker's GPU index counts in nvidia-smi's (and Docker's) order, the PCI
@@ -100,7 +102,7 @@ class ProcessRunner(Runner):
         return subprocess.Popen(
             cmd,
             cwd=workdir / "scratch",  # like the container's: relative writes land in scratch
-            env=self._env(workdir),
+            env=self._env(workdir, argv[0]),
             stdin=subprocess.PIPE if waits else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -23,6 +23,7 @@ from typing import Any
 
 from harness import codes
 from harness import manifest as mf
+from worker.compile_cache import CACHE_DIR, CacheStore, Given
 from worker.vocab import Outcome
 
 # emit(phase, line): one output line of a phase, as it comes.
@@ -87,6 +88,7 @@ class Runner(ABC):
 
     name = "abstract"
     cage = "none"  # which cage the phases run in: a results.tsv column
+    other_user = False  # the phases run as another user than the worker (its scratch too)
 
     def __init__(self, data_dir: Path, limits: Limits | None = None, gpu: int | None = None):
         self.data_dir = Path(data_dir)
@@ -105,6 +107,9 @@ class Runner(ABC):
         # Whether this run's eval phase also scores the test split (the spec's test_split):
         # only then can it read test/ (a mount, a cage rule) or the worker check it.
         self.test_split = False
+        # The run's compile caches (worker/compile_cache.py), when the worker keeps them.
+        self.caches: CacheStore | None = None
+        self._given = Given("", 0.0, 0.0)
 
     @abstractmethod
     def run_phase(
@@ -181,6 +186,8 @@ class Runner(ABC):
         # A retried job finds what a dead attempt left: start from an empty scratch.
         shutil.rmtree(scratch, ignore_errors=True)
         (scratch / "tmp").mkdir(parents=True)  # TMPDIR and compile caches: private
+        if self.caches is not None:  # a copy of the frontier's compile cache (or an empty one)
+            self._given = self.caches.give(spec["parent"], spec["commit"], scratch / CACHE_DIR)
         candidate = workdir / "train.py"
         # Empty until the train phase's go (go_line): a mount or a cage rule can name it
         # now, but no phase can read, let alone run, the candidate's code before its wall.
@@ -221,6 +228,7 @@ class Runner(ABC):
         status, error = self._classify(train, "train", budget["train_wall_s"])
         if status == Outcome.OK and not (scratch / "train.json").is_file():
             status, error = Outcome.CRASH, "train phase exited without saving weights"
+        fields.update(self._keep_cache(spec, scratch, status == Outcome.OK))
         if status == Outcome.OK:
             self.vouch()  # the train phase is over: nothing of it runs any more
             # Scoring the test split too scores twice as many rows: twice the wall.
@@ -244,6 +252,18 @@ class Runner(ABC):
         fields.update(status=status, error=error, total_s=time.time() - started, cage=self.cage)
         fields["log_tail"] = "\n".join(tail)
         return fields
+
+    def _keep_cache(self, spec: dict[str, Any], scratch: Path, ok: bool) -> dict[str, Any]:
+        """The train phase's compile cache out of its scratch before the eval phase starts:
+        into the store as its commit's when it trained to the end, else removed. The copy in
+        and the move out are `cache_s` (outside the wall), the copy's size `cache_mb`."""
+        start = time.monotonic()
+        folder = scratch / CACHE_DIR
+        if self.caches is not None and ok and spec["parent"]:
+            self.caches.keep(spec["commit"], folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        seconds = self._given.seconds + time.monotonic() - start
+        return {"cache_s": seconds, "cache_mb": self._given.mb}
 
     def vouch(self) -> None:
         """The harness files as sealed and the scorer's data as in the manifest, or an

@@ -79,6 +79,7 @@ def make_row(exp: Experiment, result: Result, status: RowStatus, note: str | Non
         **{k: result.get(k) for k in ("startup_s", "first_step_s", "save_s", "eval_s")},
         **{k: result.get(k) for k in ("prestart_s", "queue_s")},
         "record_s": time.time() - ended if (ended := result.get("ended_at")) else None,
+        **{k: result.get(k) for k in ("cache_s", "cache_mb")},
     }
 
 
