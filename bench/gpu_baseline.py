@@ -23,6 +23,7 @@ from harness import manifest as mf  # noqa: E402
 from harness.prepare import prepare  # noqa: E402
 from harness.profiles import Profile, get_profile  # noqa: E402
 from worker import contract  # noqa: E402
+from worker.compile_cache import CacheStore  # noqa: E402
 from worker.process_runner import ProcessRunner  # noqa: E402
 
 
@@ -43,6 +44,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--candidate", type=Path, default=ROOT / "workspace" / "train.py", help="the train.py"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="a compile cache store: the run gets a copy of its cache (cold the first time) "
+        "and leaves its own there, as a repeat of a kept commit does",
     )
     return parser.parse_args()
 
@@ -97,8 +105,9 @@ def baseline_spec(args: argparse.Namespace, profile: Profile, manifest: dict) ->
     return contract.make_spec(
         id="gpu-baseline",
         tag="bench",
-        parent="",
-        commit="",
+        # A repeat of one commit: with --cache, its own cache (none the first time).
+        parent="baseline" if args.cache else "",
+        commit="baseline" if args.cache else "",
         source=args.candidate.read_text(),
         profile=args.profile,
         fingerprint=manifest["fingerprint"],
@@ -118,9 +127,9 @@ def run_spec(args: argparse.Namespace, spec: dict, out: Path) -> dict:
             if not line.startswith("@metrics") or '"step": 0' in line or "00," in line:
                 print(f"{phase}: {line}", flush=True)
 
-        return ProcessRunner(args.data_dir, gpu=None if args.gpu < 0 else args.gpu).run(
-            spec, out / "work", emit
-        )
+        runner = ProcessRunner(args.data_dir, gpu=None if args.gpu < 0 else args.gpu)
+        runner.caches = CacheStore(args.cache) if args.cache else None
+        return runner.run(spec, out / "work", emit)
 
 
 def main() -> int:
@@ -136,6 +145,9 @@ def main() -> int:
     if result["tokens"] and result["training_s"]:
         result["tokens_per_s"] = result["tokens"] / result["training_s"]
         result["epochs"] = result["tokens"] / available
+        # The share of the train wall spent in training steps (after the first step).
+        steps = result["training_s"] - (result["first_step_s"] or 0.0)
+        result["steps_share"] = steps / spec["budget"]["train_wall_s"]
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "log_tail"}, indent=2))
     return 0 if result["status"] == "ok" else 1

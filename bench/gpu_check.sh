@@ -13,6 +13,9 @@
 #    causality probe's largest move (bf16 on the GPU) and the model server's line (CUDA IPC);
 #    then a candidate that turns on expandable segments at import (the logits still reach
 #    the scorer through the harness's own buffer);
+# 4b. the baseline again with a copy of the first run's compile cache (worker/compile_cache.py):
+#    cold and warm side by side, first step, start-up, the copy, and the share of the wall
+#    spent in training steps;
 # 5. the same through the docker runner, where an engine and the runner image are there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,13 +44,29 @@ echo "== 3+4. prepare and the baseline through the process runner (wall ${WALL} 
 STDLIB=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
 "$PY" bench/gpu_baseline.py --local-dir "$STDLIB" --data-dir "$OUT/data" --out "$OUT/process" \
     --max-train-tokens 20000000 --tokenizer-chars 5000000 --val-tokens 1000000 \
-    --train-wall "$WALL" | tee "$OUT/process.txt"
+    --train-wall "$WALL" --cache "$OUT/cache" | tee "$OUT/process.txt"
 "$PY" - "$OUT/process/result.json" <<'PYEOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 keys = ("status", "val_bpb", "tokens_per_s", "mfu", "startup_s", "first_step_s", "training_s",
-        "save_s", "eval_s", "train_phase_s", "eval_phase_s", "peak_memory_mb", "cage", "causal_move")
+        "save_s", "eval_s", "train_phase_s", "eval_phase_s", "peak_memory_mb", "cage", "causal_move",
+        "steps_share", "cache_mb")
 print("\n".join(f"{k:>16}: {r.get(k)}" for k in keys))
+PYEOF
+
+echo "== 4b. the baseline again, warm: a copy of the first run's compile cache"
+"$PY" bench/gpu_baseline.py --local-dir "$STDLIB" --data-dir "$OUT/data" --out "$OUT/warm" \
+    --max-train-tokens 20000000 --tokenizer-chars 5000000 --val-tokens 1000000 \
+    --train-wall "$WALL" --cache "$OUT/cache" | tail -3
+"$PY" - "$OUT/process/result.json" "$OUT/warm/result.json" <<'PYEOF'
+import json, sys
+cold, warm = (json.load(open(p)) for p in sys.argv[1:3])
+keys = ("status", "val_bpb", "tokens", "mfu", "startup_s", "first_step_s", "training_s", "eval_s",
+        "prestart_s", "cache_s", "cache_mb", "steps_share")
+print(f"{'':>14}  {'cold':>12}  {'warm':>12}")
+for k in keys:
+    print(f"{k:>14}  {str(cold.get(k))[:12]:>12}  {str(warm.get(k))[:12]:>12}")
+sys.exit(warm["status"] != "ok" or not warm.get("cache_mb"))
 PYEOF
 grep -h "model server\|cage:" "$OUT/process/output.log" | head -5
 sed '/^from __future__/a import torch; torch.cuda.memory._set_allocator_settings("expandable_segments:True")' \
