@@ -73,6 +73,9 @@ def test_a_cache_with_links_or_nothing_or_too_much_is_not_kept(tmp_path, monkeyp
     assert "neither a plain file nor a folder" in store.keep("c1", folder)
     folder.mkdir(parents=True)
     assert store.keep("c2", folder) == "it is empty (nothing was compiled)"
+    (folder / "empty-subfolder").mkdir(parents=True)
+    assert store.keep("c2", folder) == "it is empty (nothing was compiled)"
+    assert not store.root.exists() or not any(store.root.iterdir())
     monkeypatch.setattr(compile_cache, "MAX_BYTES", 10)
     compile_into(folder, "big", "y" * 11)
     assert store.keep("c3", folder).startswith("it holds over")

@@ -99,6 +99,9 @@ class CacheStore:
         "" when kept, else why not (the folder is removed either way)."""
         if not source.is_dir():
             return "no cache folder"
+        if not any(True for _ in source.rglob("*")):  # the store is not even made
+            shutil.rmtree(source, ignore_errors=True)
+            return "it is empty (nothing was compiled)"
         self.root.mkdir(parents=True, exist_ok=True)
         staged = self.root / f".new-{uuid.uuid4().hex[:12]}"
         try:
