@@ -31,8 +31,9 @@ def warm_only(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     cache (cache_mb 0) compiled inside its wall, which a run with the frontier's cache did
     not: on a GPU that is a tenth of the wall, so the two are not one measurement (the
     baseline's first run is cold, its noise runs warm). On a CPU nothing compiles and every
-    run is cold: all are kept."""
-    warm = [r for r in rows if (row_value(r, "cache_mb") or 0.0) > 0]
+    run is cold: all are kept. A row with no cache_mb (written before it existed) is not
+    known to be cold: kept."""
+    warm = [r for r in rows if r.get("cache_mb") in (None, "") or row_value(r, "cache_mb")]
     return warm or rows
 
 
@@ -114,13 +115,11 @@ def final_gain(rows: list[dict[str, str]], baseline: str, frontier: str) -> dict
     """
 
     def finals(commit: str, column: str) -> list[float]:
-        out = []
-        for row in rows:
-            if row["status"] == "final" and row["commit"] == commit[:7]:
-                value = row_value(row, column)
-                if value is not None:
-                    out.append(value)
-        return out
+        mine = [r for r in rows if r["status"] == "final" and r["commit"] == commit[:7]]
+        return [
+            row_value(r, column) or 0.0
+            for r in warm_only([r for r in mine if row_value(r, column) is not None])
+        ]
 
     out: dict[str, Any] = {"baseline": baseline[:7], "frontier": frontier[:7]}
     for column, name in (("val_bpb", "val"), ("test_bpb", "test")):

@@ -196,7 +196,7 @@ TIMED_TRAIN = (
 
 
 # A candidate that shows what each phase's compile cache holds: the train phase lists its
-# folder and compiles into it; build_model, which the eval phase's model server runs too,
+# folder, compiles into it and plants a file in the eval phase's; build_model, which the eval phase's model server runs too,
 # says which folder it was given and what is in it.
 CACHE_PROBE = TINY_TRAIN.replace(
     "def build_model(ctx):\n",
@@ -206,18 +206,22 @@ CACHE_PROBE = TINY_TRAIN.replace(
     "    found = sorted(os.listdir(folder)) if os.path.isdir(folder) else []\n"
     "    print('CACHE', os.path.basename(folder), found, flush=True)\n"
     "    if os.path.basename(folder) == 'compile-cache':\n"
-    "        open(os.path.join(folder, 'compiled-by-' + str(ctx.seed)), 'w').write('k')\n",
+    "        open(os.path.join(folder, 'compiled-by-' + str(ctx.seed)), 'w').write('k')\n"
+    "        theirs = os.path.join(os.path.dirname(folder), 'tmp', 'eval-compile-cache')\n"
+    "        os.makedirs(theirs, exist_ok=True)\n"
+    "        open(os.path.join(theirs, 'planted'), 'w').write('p')\n",
 )
 
 
 def assert_caches_seen(lines: list) -> None:
     """CACHE_PROBE's run, given a frontier cache holding fxgraph/: the train phase found
-    the copy in its folder, the eval phase (its model server) an empty folder of its own."""
+    the copy in its folder, the eval phase (its model server) an empty folder of its own,
+    without what the train phase planted there."""
     # (the model server's lines come marked as the candidate's)
     said = [(phase, line[line.index("CACHE ") :]) for phase, line in lines if "CACHE " in line]
     assert ("train", "CACHE compile-cache ['fxgraph']") in said, said
     eval_said = [line for phase, line in said if phase == "eval"]
-    assert eval_said and all("fxgraph" not in line and "compiled" not in line for line in eval_said)
+    assert eval_said and all(line == "CACHE eval-compile-cache []" for line in eval_said), said
 
 
 def assert_wall_starts_at_the_go(result: dict, lines: list, budget: dict, t0: float) -> None:

@@ -46,6 +46,7 @@ def test_only_kept_candidates_caches_are_given_and_each_gets_a_copy(tmp_path):
     (scratch / CACHE_DIR / "fxgraph" / "a").write_text("poisoned")
     assert (store.root / "base" / "fxgraph" / "a").read_text() == "x"
     assert store.keep("base", scratch / CACHE_DIR) == "this commit's cache is kept already"
+    assert not (scratch / CACHE_DIR).exists()
     assert (store.root / LATEST).read_text() == "base"  # given as a parent's: a frontier's
 
     _, seen, _ = job(store, scratch, "base", "cand-b", "b")  # B, never kept
@@ -66,22 +67,61 @@ def test_only_kept_candidates_caches_are_given_and_each_gets_a_copy(tmp_path):
     assert names(scratch / CACHE_DIR) == set()
 
 
-def test_a_cache_with_links_or_nothing_or_too_much_is_not_kept(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "hostile", ["symlink", "top-symlink", "hardlink", "fifo", "deep", "many", "big"]
+)
+def test_a_hostile_cache_is_not_kept_and_nothing_outside_is_touched(tmp_path, monkeypatch, hostile):
+    """What a candidate may leave in its cache folder to reach another candidate, the
+    eval phase or the worker's disk: refused, the folder removed, nothing outside read."""
+    monkeypatch.setattr(compile_cache, "MAX_BYTES", 100)
+    monkeypatch.setattr(compile_cache, "MAX_FILES", 5)
+    monkeypatch.setattr(compile_cache, "MAX_DEPTH", 3)
     store, folder = CacheStore(tmp_path / "store"), tmp_path / "scratch" / CACHE_DIR
+    secret = tmp_path / "val"  # what the train phase may not read: the validation split
+    secret.mkdir()
+    (secret / "val.bin").write_text("targets")
     compile_into(folder, "a")
-    (folder / "fxgraph" / "key").symlink_to("/etc/passwd")
-    assert "neither a plain file nor a folder" in store.keep("c1", folder)
-    folder.mkdir(parents=True)
-    assert store.keep("c2", folder) == "it is empty (nothing was compiled)"
+    if hostile == "symlink":
+        (folder / "fxgraph" / "key").symlink_to(secret / "val.bin")
+    elif hostile == "top-symlink":
+        compile_cache.remove_tree(folder)
+        folder.symlink_to(secret)
+    elif hostile == "hardlink":  # the eval phase could write through its twin in tmp/
+        os.link(folder / "fxgraph" / "a", tmp_path / "scratch" / "twin")
+    elif hostile == "fifo":
+        os.mkfifo(folder / "fxgraph" / "pipe")
+    elif hostile == "deep":
+        (folder / "1" / "2" / "3" / "4" / "5").mkdir(parents=True)
+    elif hostile == "many":
+        for n in range(6):
+            compile_into(folder, f"k{n}")
+    else:
+        compile_into(folder, "big", "y" * 101)
+    why = store.keep("c", folder)
+    assert why and not (store.root / "c").exists(), why
+    assert not folder.exists() and not folder.is_symlink()
+    assert (secret / "val.bin").read_text() == "targets"
+    assert store.give("c", "c", tmp_path / "next").commit == ""
+
+
+def test_an_empty_cache_is_not_kept_and_makes_no_store(tmp_path):
+    store, folder = CacheStore(tmp_path / "store"), tmp_path / "scratch" / CACHE_DIR
     (folder / "empty-subfolder").mkdir(parents=True)
-    assert store.keep("c2", folder) == "it is empty (nothing was compiled)"
-    assert not store.root.exists() or not any(store.root.iterdir())
-    monkeypatch.setattr(compile_cache, "MAX_BYTES", 10)
-    compile_into(folder, "big", "y" * 11)
-    assert store.keep("c3", folder).startswith("it holds over")
-    assert not folder.exists()
-    assert not any((store.root / c).exists() for c in ("c1", "c2", "c3"))
-    assert store.give("c1", "c4", folder).commit == ""
+    assert store.keep("c", folder) == "it is empty (nothing was compiled)"
+    assert not folder.exists() and not store.root.exists()
+
+
+def test_the_newest_frontier_stays_the_newest(tmp_path):
+    """A final re-measure of the baseline names it a parent again: the fallback for a
+    candidate whose parent this store lacks stays the newest frontier's."""
+    store, scratch = CacheStore(tmp_path / "store"), tmp_path / "scratch"
+    job(store, scratch, "base", "base", "a")
+    job(store, scratch, "base", "c1", "1")
+    os.utime(store.root / "base", (0, 0))
+    job(store, scratch, "c1", "c2", "2")  # c1 kept
+    assert store.give("base", "base", scratch / CACHE_DIR).commit == "base"  # its final run
+    assert (store.root / LATEST).read_text() == "c1"
+    assert store.give("elsewhere", "c9", scratch / CACHE_DIR).commit == "c1"
 
 
 def test_old_caches_age_out_but_not_the_frontiers(tmp_path, monkeypatch):

@@ -53,9 +53,13 @@ def test_a_cold_run_is_left_out_where_its_commit_has_warm_ones():
     assert noise.commit_value(rows, "aaaaaaa") == pytest.approx(1.01)
     assert noise.measured_groups(rows) == {"aaaaaaa": [1.00, 1.02], "bbbbbbb": [0.9, 0.92]}
     # All cold (a CPU, where nothing compiles): every run counts.
-    assert noise.commit_value([cold, row("aaaaaaa", 1.0, "noise")], "aaaaaaa") == pytest.approx(
-        1.05
-    )
+    cold2 = {**row("aaaaaaa", 1.0, "noise"), "cache_mb": "0.000000"}
+    assert noise.commit_value([cold, cold2], "aaaaaaa") == pytest.approx(1.05)
+    # The final re-measure's means too.
+    finals = [{**r, "status": "final"} for r in (cold, warm, warm2)]
+    finals += [{**row("bbbbbbb", 0.9, "final"), "cache_mb": "85.2"}]
+    gain = noise.final_gain(finals, "aaaaaaa", "bbbbbbb")["val"]
+    assert gain["baseline"] == pytest.approx(1.01) and gain["gain"] == pytest.approx(0.11)
 
 
 def test_margin_is_the_larger_of_the_floor_and_z_sigmas():

@@ -7,7 +7,6 @@ A failing candidate returns a result (status crash, oom, ...). A failing machine
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import time
 from datetime import UTC
@@ -20,7 +19,7 @@ from rq import get_current_job
 from harness import codes
 from harness import manifest as mf
 from worker import contract, keys
-from worker.compile_cache import STORE_DIR, CacheStore
+from worker.compile_cache import STORE_DIR, CacheStore, remove_tree
 from worker.contract import Result, Spec
 from worker.keys import STREAM_TTL_S, log_stream_key
 from worker.process_runner import ProcessRunner
@@ -184,4 +183,4 @@ def run_experiment(spec: Spec) -> Result:
         raise
     finally:
         log.close()
-        shutil.rmtree(folder / "scratch", ignore_errors=True)
+        remove_tree(folder / "scratch")

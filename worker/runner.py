@@ -23,7 +23,14 @@ from typing import Any
 
 from harness import codes
 from harness import manifest as mf
-from worker.compile_cache import CACHE_DIR, CacheStore, Given
+from worker.compile_cache import (
+    CACHE_DIR,
+    EVAL_CACHE_DIR,
+    NOT_COMPILED,
+    CacheStore,
+    Given,
+    remove_tree,
+)
 from worker.vocab import Outcome
 
 # emit(phase, line): one output line of a phase, as it comes.
@@ -228,7 +235,7 @@ class Runner(ABC):
         status, error = self._classify(train, "train", budget["train_wall_s"])
         if status == Outcome.OK and not (scratch / "train.json").is_file():
             status, error = Outcome.CRASH, "train phase exited without saving weights"
-        fields.update(self._keep_cache(spec, scratch, status == Outcome.OK))
+        fields.update(self._keep_cache(spec, scratch, status == Outcome.OK, emit))
         if status == Outcome.OK:
             self.vouch()  # the train phase is over: nothing of it runs any more
             # Scoring the test split too scores twice as many rows: twice the wall.
@@ -253,15 +260,20 @@ class Runner(ABC):
         fields["log_tail"] = "\n".join(tail)
         return fields
 
-    def _keep_cache(self, spec: dict[str, Any], scratch: Path, ok: bool) -> dict[str, Any]:
+    def _keep_cache(
+        self, spec: dict[str, Any], scratch: Path, ok: bool, emit: Emit
+    ) -> dict[str, Any]:
         """The train phase's compile cache out of its scratch before the eval phase starts:
         into the store as its commit's when it trained to the end, else removed. The copy in
         and the move out are `cache_s` (outside the wall), the copy's size `cache_mb`."""
         start = time.monotonic()
         folder = scratch / CACHE_DIR
         if self.caches is not None and ok and spec["parent"]:
-            self.caches.keep(spec["commit"], folder)
-        shutil.rmtree(folder, ignore_errors=True)
+            why = self.caches.keep(spec["commit"], folder)
+            if why and not why.startswith(NOT_COMPILED):
+                emit("train", f"[runner] its compile cache is not kept: {why}")
+        remove_tree(folder)
+        remove_tree(scratch / EVAL_CACHE_DIR)  # the eval phase's starts empty
         seconds = self._given.seconds + time.monotonic() - start
         return {"cache_s": seconds, "cache_mb": self._given.mb}
 
