@@ -2,8 +2,8 @@
 of a finished or running run, not a test).
 
 Reads a run folder (results.tsv and each experiment's decision.json) and prints, for
-every experiment whose train phase ran: queue, prestart (the train process's start before
-the handover), startup (the candidate's import and build_model), first step (compile included), steps (training after the first step), save,
+every experiment whose train phase ran: queue, cache (the compile cache's copy in and
+out), prestart (the train process's start before the handover), startup (the candidate's import and build_model), first step (compile included), steps (training after the first step), save,
 eval, record, the job's total_s; then the means and the steps' share of the train phase's
 wall (the budget's train_wall_s) and of total_s.
 
