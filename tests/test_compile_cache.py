@@ -3,6 +3,7 @@ candidates' caches are ever given out, and the eval phase never sees one."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -169,3 +170,36 @@ def test_each_phase_is_told_its_own_folder(phase):
     folder = env["TORCHINDUCTOR_CACHE_DIR"]
     assert env["TRITON_CACHE_DIR"] == f"{folder}/triton"
     assert (folder == f"/scratch/{CACHE_DIR}") == (phase == "train")
+
+
+def test_the_jobs_of_a_run_share_its_folders_store(data_dir, tmp_path, monkeypatch):
+    """The worker's job keeps the candidate's cache in its run folder's store, where the
+    next job of that run (this worker or another writing there) finds it as its parent's."""
+    from worker import contract, jobs, settings
+
+    monkeypatch.setenv(settings.ENV_DATA_DIR, str(data_dir))
+    monkeypatch.setenv(settings.ENV_RUNS_DIR, str(tmp_path / "runs"))
+    fingerprint = json.loads((data_dir / "manifest.json").read_text())["fingerprint"]
+
+    def spec(exp_id: str, parent: str, commit: str) -> dict:
+        return contract.make_spec(
+            id=exp_id,
+            tag="r",
+            parent=parent,
+            commit=commit,
+            source=CACHE_PROBE,
+            profile="cpu",
+            fingerprint=fingerprint,
+            budget=SHORT_BUDGET,
+            seed=int(exp_id),
+            description="probe",
+        )
+
+    first = jobs.run_experiment(spec("1", "base", "cand"))
+    assert first["status"] == "ok" and first["cache_mb"] == 0.0, first["log_tail"]
+    store = tmp_path / "runs" / "r" / compile_cache.STORE_DIR
+    assert names(store / "cand") == {"compiled-by-1"}
+    second = jobs.run_experiment(spec("2", "cand", "next"))
+    assert second["status"] == "ok" and second["cache_mb"] > 0, second["log_tail"]
+    assert names(store / "next") == {"compiled-by-1", "compiled-by-2"}
+    assert not (tmp_path / "runs" / "r" / "2" / "scratch").exists()
