@@ -37,12 +37,18 @@ def warm_only(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return warm or rows
 
 
+def measured(rows: list[dict[str, str]], column: str = "val_bpb") -> list[float]:
+    """One commit's measured values of `column` (row_value), from its warm runs when it
+    has some (warm_only)."""
+    scored = [(row, value) for row in rows if (value := row_value(row, column)) is not None]
+    kept = {id(row) for row in warm_only([row for row, _ in scored])}
+    return [value for row, value in scored if id(row) in kept]
+
+
 def measurements(rows: Iterable[dict[str, str]], commit: str, statuses=FRONTIER) -> list[float]:
     """Every val_bpb measured for one commit (7-char prefix match, as results.tsv holds),
     its warm runs only when it has some (warm_only)."""
-    mine = [r for r in rows if r["status"] in statuses and r["commit"] == commit[:7]]
-    values = (row_value(row) for row in warm_only([r for r in mine if row_value(r) is not None]))
-    return [v for v in values if v is not None]
+    return measured([r for r in rows if r["status"] in statuses and r["commit"] == commit[:7]])
 
 
 def commit_value(rows: Iterable[dict[str, str]], commit: str) -> float | None:
@@ -65,9 +71,10 @@ def measured_groups(rows: Iterable[dict[str, str]]) -> dict[str, list[float]]:
     """commit -> its measured val_bpb values (rows in MEASURED; warm_only)."""
     groups: dict[str, list[dict[str, str]]] = {}
     for row in rows:
-        if row["status"] in MEASURED and row_value(row) is not None:
+        if row["status"] in MEASURED:
             groups.setdefault(row["commit"], []).append(row)
-    return {c: [row_value(r) or 0.0 for r in warm_only(group)] for c, group in groups.items()}
+    values = {commit: measured(group) for commit, group in groups.items()}
+    return {commit: found for commit, found in values.items() if found}
 
 
 def margin(sigma: float, z: float, min_delta: float) -> float:
@@ -116,10 +123,7 @@ def final_gain(rows: list[dict[str, str]], baseline: str, frontier: str) -> dict
 
     def finals(commit: str, column: str) -> list[float]:
         mine = [r for r in rows if r["status"] == "final" and r["commit"] == commit[:7]]
-        return [
-            row_value(r, column) or 0.0
-            for r in warm_only([r for r in mine if row_value(r, column) is not None])
-        ]
+        return measured(mine, column)
 
     out: dict[str, Any] = {"baseline": baseline[:7], "frontier": frontier[:7]}
     for column, name in (("val_bpb", "val"), ("test_bpb", "test")):

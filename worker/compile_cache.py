@@ -135,9 +135,16 @@ class CacheStore:
 
     def _copy(self, source: Path, dest: Path) -> int:
         """A private copy (never links into the store); its size in bytes."""
-        shutil.copytree(source, dest, copy_function=shutil.copyfile)
+        size = 0
+
+        def copy(src: str, dst: str) -> None:
+            nonlocal size
+            shutil.copyfile(src, dst)
+            size += os.path.getsize(dst)
+
+        shutil.copytree(source, dest, copy_function=copy)
         self._open(dest)
-        return sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+        return size
 
     def _open(self, dest: Path, mkdir: bool = False) -> None:
         if mkdir:

@@ -269,10 +269,11 @@ class Runner(ABC):
         start = time.monotonic()
         folder = scratch / CACHE_DIR
         if self.caches is not None and ok and spec["parent"]:
-            why = self.caches.keep(spec["commit"], folder)
+            why = self.caches.keep(spec["commit"], folder)  # removes it from the scratch
             if why and not why.startswith(NOT_COMPILED):
                 emit("train", f"[runner] its compile cache is not kept: {why}")
-        remove_tree(folder)
+        else:
+            remove_tree(folder)
         remove_tree(scratch / EVAL_CACHE_DIR)  # the eval phase's starts empty
         seconds = self._given.seconds + time.monotonic() - start
         return {"cache_s": seconds, "cache_mb": self._given.mb}

@@ -40,6 +40,19 @@ class Experiment:
     run: dict | None = None  # what re-runs it exactly (seed, budget, profile, fingerprint, commit)
 
 
+# The result's fields a row takes as they are: where the time went, and the compile cache.
+PASSED_ON = (
+    "startup_s",
+    "first_step_s",
+    "save_s",
+    "eval_s",
+    "prestart_s",
+    "queue_s",
+    "cache_s",
+    "cache_mb",
+)
+
+
 def make_row(exp: Experiment, result: Result, status: RowStatus, note: str | None) -> dict:
     """The results.tsv row (results.COLUMNS) of an experiment and its result."""
     usage = exp.proposal.usage or {}
@@ -76,10 +89,8 @@ def make_row(exp: Experiment, result: Result, status: RowStatus, note: str | Non
         "program": exp.proposal.program,
         "hardware": result.get("hardware"),
         "test_bpb": result.get("test_bpb"),
-        **{k: result.get(k) for k in ("startup_s", "first_step_s", "save_s", "eval_s")},
-        **{k: result.get(k) for k in ("prestart_s", "queue_s")},
+        **{k: result.get(k) for k in PASSED_ON},
         "record_s": time.time() - ended if (ended := result.get("ended_at")) else None,
-        **{k: result.get(k) for k in ("cache_s", "cache_mb")},
     }
 
 
