@@ -21,7 +21,7 @@ from orchestrator.journal import diff_summary
 from orchestrator.proposers.base import Proposal
 from orchestrator.research import stopping
 from orchestrator.research.publish import Publisher
-from orchestrator.results import ResultsFile, summary
+from orchestrator.results import COLUMNS, ResultsFile, summary
 from orchestrator.validate import normalized_hash
 from worker import contract
 from worker.contract import Result
@@ -40,17 +40,9 @@ class Experiment:
     run: dict | None = None  # what re-runs it exactly (seed, budget, profile, fingerprint, commit)
 
 
-# The result's fields a row takes as they are: where the time went, and the compile cache.
-PASSED_ON = (
-    "startup_s",
-    "first_step_s",
-    "save_s",
-    "eval_s",
-    "prestart_s",
-    "queue_s",
-    "cache_s",
-    "cache_mb",
-)
+# The result's fields a row takes as they are: the columns after test_bpb (where the time
+# went, the compile cache) but record_s, which is measured here.
+PASSED_ON = tuple(c for c in COLUMNS[COLUMNS.index("test_bpb") + 1 :] if c != "record_s")
 
 
 def make_row(exp: Experiment, result: Result, status: RowStatus, note: str | None) -> dict:
