@@ -15,7 +15,7 @@ Time is scaled: the real budget is 300 s, so the simulated one is 300 x --scale 
 in real units: experiments per worker-hour against the limit 3600 / 300 = 12, with the
 window counted at its real length (window / scale). A worker waiting for a proposal
 scales with the latency, so it weighs what it would on a real budget; fixed overheads do
-not scale (forking RQ's work-horse, the loop's 0.1 s poll, git and Redis round trips,
+not scale (RQ's job bookkeeping, the loop's 0.1 s poll, git and Redis round trips,
 deciding and dispatching a burst of finished jobs one after the other): at a scaled budget
 they weigh 1 / scale times more than on a real 300 s one (50 times at 0.02), so the busy
 fraction and the throughput here are lower bounds of the real ones. A larger --scale
@@ -30,7 +30,7 @@ baseline job's end, the moment the loop stops dispatching]:
 
 - busy: the sum of job intervals (started_at to ended_at) clipped to the window, over
   W x window (RQ's job interval holds a few ms of in-job overhead besides the held
-  budget: the work-horse imports the job function, checks the data fingerprint, opens
+  budget: the worker imports the job function, checks the data fingerprint, opens
   the logs; its mean is printed under the table);
 - exp/worker-h: jobs of any kind (baseline, noise, candidate, confirmation: all are GPU
   runs), each counted by the fraction of its interval inside the window, per worker and

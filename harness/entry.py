@@ -248,11 +248,15 @@ def main(argv: list[str] | None = None) -> int:
                 return codes.USAGE
             key = go
         if args.phase == "train" and args.wait:
-            # The train phase's go carries its start and deadline, set when it was sent.
+            # The train phase's go carries its start and deadline, set when it was sent,
+            # then its seed and grace: the process may have started before its job was known.
             try:
-                args.started_at, args.deadline = (float(v) for v in key.split())
+                started, deadline, seed, grace = key.split()
+                args.started_at, args.deadline = float(started), float(deadline)
+                args.seed, args.grace = int(seed), float(grace)
             except ValueError:
-                print("harness: the train phase's go needs its start and deadline", file=sys.stderr)
+                why = "the train phase's go needs its start, deadline, seed and grace"
+                print(f"harness: {why}", file=sys.stderr)
                 return codes.USAGE
             key = ""
         if args.phase == "eval" and not key:
@@ -285,8 +289,9 @@ def _wait_for_go(ready: bool = False) -> str | None:
     an experiment (over a second on a small CPU) is off its critical path; it starts the
     train process before it hands the candidate over, and that one says when it is `ready`
     (codes.READY_LINE): the candidate's wall starts at the go. The go line carries the eval
-    phase's result key, "go <key>", or the train phase's start and deadline (epoch s),
-    "go <started> <deadline>". The rest of the line, or None for anything else.
+    phase's result key, "go <key>", or the train phase's start and deadline (epoch s), seed
+    and grace (s), "go <started> <deadline> <seed> <grace>". The rest of the line, or None
+    for anything else.
     """
     import numpy  # noqa: F401
     import torch  # noqa: F401

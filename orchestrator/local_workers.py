@@ -62,7 +62,7 @@ class LocalWorkers:
                         stdout=out,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
-                        preexec_fn=lifeline.preexec(),  # and its horse, and its phase
+                        preexec_fn=lifeline.preexec(),  # and its phases
                     )
                 )
         return self

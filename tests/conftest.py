@@ -74,7 +74,7 @@ def data_dir(tmp_path_factory, corpus) -> Path:
 
 
 def run_candidate(
-    runner, workdir: Path, source: str, budget: dict, test_split: bool = False
+    runner, workdir: Path, source: str, budget: dict, test_split: bool = False, seed: int = 0
 ) -> tuple[dict, list]:
     """Run one candidate through a runner; (result, [(phase, line), ...])."""
     from worker import contract
@@ -88,7 +88,7 @@ def run_candidate(
         profile="cpu",
         fingerprint="f",
         budget=budget,
-        seed=0,
+        seed=seed,
         description="test",
         test_split=test_split,
     )
@@ -193,6 +193,22 @@ TIMED_TRAIN = (
     "    print('@ready', flush=True)\n"
     "    _train(model, ctx)\n"
 )
+
+# A candidate that says which process runs it (its pid, its host name: a container's id)
+# and the seed it was given (on the go line: a train process can start before its job).
+SHOW_PROCESS = TINY_TRAIN + (
+    "\n\n_train = train\n\n\ndef train(model, ctx):\n"
+    "    import os, socket\n"
+    "    print(f'PROCESS {os.getpid()} {socket.gethostname()} {ctx.seed}', flush=True)\n"
+    "    _train(model, ctx)\n"
+)
+
+
+def shown_process(lines: list) -> tuple[int, str, int]:
+    """SHOW_PROCESS's (pid, host name, seed) from a run's (phase, line) pairs."""
+    text = next(line for _, line in lines if line.startswith("PROCESS "))
+    _, pid, host, seed = text.split()
+    return int(pid), host, int(seed)
 
 
 # A candidate that shows what each phase's compile cache holds: the train phase lists its

@@ -17,15 +17,18 @@ import pytest
 import docker
 from tests.conftest import (
     CACHE_PROBE,
+    SHOW_PROCESS,
     TIMED_TRAIN,
     TINY_TRAIN,
     assert_caches_seen,
     assert_wall_starts_at_the_go,
     run_candidate,
+    shown_process,
 )
 from worker.compile_cache import CacheStore
 from worker.docker_runner import LABEL, DockerRunner, parse_path_map
 from worker.runner import Limits
+from worker.slots import Slots
 
 IMAGE = "autoresearch-test-base:latest"
 # The first step may pay lazy imports (a CUDA build of torch on a CPU): a grace of 3 s.
@@ -252,6 +255,26 @@ def test_a_train_container_never_ready_is_the_hosts_failure(client, image, data_
     assert (tmp_path / "work" / "train.py").read_text() == ""
     assert not (tmp_path / "work" / "scratch" / "ran").exists()
     assert ours(client) == []
+
+
+def test_the_next_jobs_train_container_waits_in_the_other_slot(client, image, data_dir, tmp_path):
+    """With a worker's slots, the next job's train container starts during this job's eval
+    and waits in the other slot; the next job runs in it, its seed from the go line. When
+    the worker stops, it is removed and its slot emptied."""
+    runner = make_runner(client, image, data_dir)
+    runner.slots = Slots(tmp_path / "slots")
+    try:
+        first, _ = run_candidate(runner, tmp_path / "1", SHOW_PROCESS, BUDGET)
+        assert first["status"] == "ok", first["log_tail"]
+        spare = runner.slots.spare
+        assert spare is not None and runner.waiting(spare.handle)
+        assert [c.id for c in ours(client)] == [spare.handle.id]
+        second, lines = run_candidate(runner, tmp_path / "2", SHOW_PROCESS, BUDGET, seed=7)
+        assert second["status"] == "ok", second["log_tail"]
+        assert shown_process(lines)[1:] == (spare.handle.id[:12], 7)
+    finally:
+        runner.close()
+    assert ours(client) == [] and not any((tmp_path / "slots").iterdir())
 
 
 def test_path_map():

@@ -238,6 +238,13 @@ class DockerRunner(Runner):
             raise InfraError(f"{phase} container failed to start: {exc}") from None
         return container
 
+    def waiting(self, handle: Any) -> bool:
+        try:
+            handle.reload()
+        except (docker.errors.DockerException, requests.RequestException):
+            return False
+        return handle.status == "running"
+
     def discard(self, handle: Any) -> None:
         _remove(handle)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from worker.keys import STREAM_TTL_S, log_stream_key
 from worker.process_runner import ProcessRunner
 from worker.runner import InfraError, Limits, Runner
 from worker.settings import WorkerSettings, add_log_entry
+from worker.slots import SLOTS_DIR, Slots, folder_name
 
 
 def make_runner(settings: WorkerSettings) -> Runner:
@@ -40,6 +43,48 @@ def make_runner(settings: WorkerSettings) -> Runner:
 
         return SimulatedRunner(settings.data_dir, limits, settings.gpu)
     raise InfraError(f"unknown runner {settings.runner!r}")
+
+
+class HeldRunner:
+    """The runner a worker keeps between the jobs it runs in its own process (worker/
+    serving.py): it holds the next job's train process, started in a scratch slot during
+    the current job's eval (worker/slots.py). Outside `hold()` (a forking worker, a
+    test calling run_experiment), each job makes its own runner and nothing outlives it."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.runner: Runner | None = None
+        self.settings: WorkerSettings | None = None
+
+    def get(self, settings: WorkerSettings, worker: str, tag: str) -> Runner:
+        if not self.holding:
+            return make_runner(settings)
+        if self.runner is None or self.settings != settings:
+            self.close()
+            self.runner, self.settings = make_runner(settings), settings
+            self.runner.slots = Slots()
+        assert self.runner.slots is not None
+        self.runner.slots.root = settings.runs_dir / tag / SLOTS_DIR / folder_name(worker)
+        return self.runner
+
+    def close(self) -> None:
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            runner.close()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """While it lasts, the jobs of this process share one runner; at its end, its
+        waiting train process is discarded."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            self.close()
+
+
+HELD = HeldRunner()
 
 
 def check_fingerprint(spec: Spec, data_dir: Path) -> None:
@@ -157,7 +202,7 @@ def run_experiment(spec: Spec) -> Result:
     worker_name = (job.worker_name if job is not None else None) or socket.gethostname()
     folder = settings.runs_dir / spec["tag"] / spec["id"]
     log = ExperimentLog(folder, redis, spec["tag"], spec["id"])
-    runner = make_runner(settings)
+    runner = HELD.get(settings, worker_name, spec["tag"])
     # The run's compile caches, shared by the workers writing into this run folder.
     store = settings.runs_dir / spec["tag"] / STORE_DIR
     runner.caches = CacheStore(store, writable_by_all=runner.other_user)
@@ -183,4 +228,4 @@ def run_experiment(spec: Spec) -> Result:
         raise
     finally:
         log.close()
-        remove_tree(folder / "scratch")
+        remove_tree(folder / "scratch")  # without slots, the phases ran in the folder

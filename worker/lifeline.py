@@ -1,10 +1,11 @@
 """A child that dies with its parent (Linux's parent-death signal, prctl PR_SET_PDEATHSIG).
 
 `autoresearch run` on the embedded default starts a redis-server and local workers; each
-worker forks a work horse per job, and the horse starts the phases. A SIGKILL to any of them
-(the OOM killer, `kill -9`) runs no cleanup, so each link asks the kernel to kill it when the
-process above it dies: orchestrator -> redis-server and workers -> horse -> phase. Nothing
-is left running with parent 1 to take the next job from a Redis nobody reads.
+worker runs its jobs in its own process and starts the phases (the next job's waiting train
+process too). A SIGKILL to any of them (the OOM killer, `kill -9`) runs no cleanup, so each
+link asks the kernel to kill it when the process above it dies: orchestrator -> redis-server
+and workers -> phases. Nothing is left running with parent 1 to take the next job from a
+Redis nobody reads.
 
 The signal follows the *thread* that forked the child: call these from the main thread.
 Elsewhere than Linux they do nothing (and say so in the README's table).
@@ -17,8 +18,6 @@ import signal
 import sys
 import threading
 from typing import Any
-
-import rq
 
 # Loaded here, not in a forked child, where loading a library is not safe.
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
@@ -43,12 +42,3 @@ def become_subreaper() -> None:
     """Orphans of this process's descendants are re-parented here, not to init."""
     if _LIBC is not None:
         _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1)
-
-
-class Worker(rq.Worker):
-    """RQ's forking worker whose work horse dies with it: RQ forks the horse into its own
-    process group, so a SIGKILLed worker would otherwise leave it running the job."""
-
-    def main_work_horse(self, *args: Any, **kwargs: Any) -> None:
-        die_with_parent()
-        super().main_work_horse(*args, **kwargs)

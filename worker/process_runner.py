@@ -84,7 +84,7 @@ class ProcessRunner(Runner):
         return env
 
     def _preexec(self) -> None:
-        lifeline.die_with_parent()  # the horse's death (RQ kills it without our finally)
+        lifeline.die_with_parent()  # the worker's death (a SIGKILL runs no finally)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_FSIZE, (self.limits.file_bytes, self.limits.file_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.limits.open_files, self.limits.open_files))
@@ -145,6 +145,9 @@ class ProcessRunner(Runner):
     def start_waiting(self, phase: str, argv: list[str], workdir: Path) -> subprocess.Popen:
         return self._spawn(argv, workdir, waits=True)
 
+    def waiting(self, handle: subprocess.Popen) -> bool:
+        return handle.poll() is None
+
     def discard(self, handle: subprocess.Popen) -> None:
         _killpg(handle.pid)
         handle.wait()
@@ -166,6 +169,8 @@ class ProcessRunner(Runner):
         """New children of ours that are not a phase we started: what escaped a phase's
         group (a daemon re-parented to us, the subreaper)."""
         keep = {handle.pid for handle in self._prestarted.values()}
+        if self.slots is not None and self.slots.spare is not None:
+            keep.add(self.slots.spare.handle.pid)  # the next job's train process
         return _children(table) - getattr(self, "_before", set()) - keep
 
     def _kill_orphans(self) -> None:

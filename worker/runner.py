@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-import shutil
 import signal
 import threading
 import time
@@ -31,6 +30,7 @@ from worker.compile_cache import (
     Given,
     remove_tree,
 )
+from worker.slots import Slots, prepare
 from worker.vocab import Outcome
 
 # emit(phase, line): one output line of a phase, as it comes.
@@ -51,6 +51,10 @@ class InfraError(RuntimeError):
 # How long a prestarted train phase may take to say it is ready (interpreter, torch, the
 # device; a cold container on a slow disk): past it, or dead before it, the host failed.
 READY_S = 120.0
+
+
+# What the job's log says when its train process was started during the last job's eval.
+EARLY_LINE = "the train process was started during the previous job's eval"
 
 
 class Ready:
@@ -105,7 +109,7 @@ class Runner(ABC):
         self._spawned_at: dict[str, float] = {}  # phase -> when prestart started it (epoch s)
         self._went_at: dict[str, float] = {}  # phase -> when its go was sent (epoch s)
         self._handover: tuple[Path, str] | None = None  # the candidate's file and source
-        self._budget: dict[str, float] = {}
+        self._spec: dict[str, Any] = {}
         self.ready_s = READY_S
         self.gpu = gpu
         # The eval phase signs its scores with this; it travels on the go line only (one
@@ -117,6 +121,10 @@ class Runner(ABC):
         # The run's compile caches (worker/compile_cache.py), when the worker keeps them.
         self.caches: CacheStore | None = None
         self._given = Given("", 0.0, 0.0)
+        # The worker's scratch slots (worker/slots.py), where the worker keeps this runner
+        # between jobs: the phases run in a slot, and the next job's train process starts
+        # in the other during this job's eval. None: in the experiment folder, each job's.
+        self.slots: Slots | None = None
 
     @abstractmethod
     def run_phase(
@@ -154,15 +162,18 @@ class Runner(ABC):
     def go_line(self, phase: str) -> bytes:
         """A waiting phase's go. The eval's carries the result key. The train's hands the
         candidate over (its file written only now) and carries the phase's start and its
-        training deadline, both taken now: the candidate's wall starts here."""
+        training deadline, both taken now (the candidate's wall starts here), then its seed
+        and grace: a train process can wait before its job is known (worker/slots.py)."""
         self._went_at[phase] = now = time.time()
         if phase == "eval":
             return f"go {self.result_key}\n".encode()
         if self._handover is not None:
             path, source = self._handover
             path.write_text(source)  # in place: the inode a mount or a cage rule names
-        deadline = now + self._budget["train_wall_s"] - self._budget["save_margin_s"]
-        return f"go {now:.3f} {deadline:.3f}\n".encode()
+        budget = self._spec["budget"]
+        deadline = now + budget["train_wall_s"] - budget["save_margin_s"]
+        seed, grace = self._spec["seed"], budget["return_grace_s"]
+        return f"go {now:.3f} {deadline:.3f} {seed} {grace}\n".encode()
 
     @staticmethod
     def readiness(phase: str, waiting: bool) -> Ready | None:
@@ -180,8 +191,10 @@ class Runner(ABC):
             return
         raise InfraError(f"the {phase} phase {why}")
 
-    def run(self, spec: dict[str, Any], workdir: Path, emit: Emit) -> dict[str, Any]:
-        workdir = Path(workdir)
+    def run(self, spec: dict[str, Any], folder: Path, emit: Emit) -> dict[str, Any]:
+        """Run the spec; its phases in `folder` (train.py, scratch/), or with slots in a
+        slot of the worker's, the train process maybe started during the last job's eval."""
+        self._spec = spec
         self.result_key = secrets.token_hex(16)
         self.test_split = bool(spec.get("test_split"))
         if self.test_split:
@@ -189,33 +202,69 @@ class Runner(ABC):
                 mf.test_split(mf.load_manifest(self.data_dir), self.data_dir)
             except (mf.NoTestSplit, OSError) as exc:
                 raise InfraError(str(exc)) from None
-        scratch = workdir / "scratch"
-        # A retried job finds what a dead attempt left: start from an empty scratch.
-        shutil.rmtree(scratch, ignore_errors=True)
-        (scratch / "tmp").mkdir(parents=True)  # TMPDIR and compile caches: private
-        if self.caches is not None:  # a copy of the frontier's compile cache (or an empty one)
-            self._given = self.caches.give(spec["parent"], spec["commit"], scratch / CACHE_DIR)
-        candidate = workdir / "train.py"
-        # Empty until the train phase's go (go_line): a mount or a cage rule can name it
-        # now, but no phase can read, let alone run, the candidate's code before its wall.
-        candidate.write_text("")
-        self._handover = (candidate, spec["source"])
-        budget = self._budget = spec["budget"]
-        started = time.time()
-        # The train process starts (interpreter, torch, device) before the candidate is
-        # handed over, and says when it is ready; its go carries the start and deadline.
-        train_argv = self._argv("train", spec, ["--wait", "--grace", str(budget["return_grace_s"])])
-        # The eval process imports torch while training runs, then waits for its go, which
-        # carries the result key: it cannot be started any other way.
-        eval_argv = self._argv("eval", spec, ["--wait"] + ["--test"] * self.test_split)
+        # The same for every job: a train process can wait before its job is known.
+        train_argv = self._argv("train", ["--wait"])
+        workdir = self._workdir(Path(folder), emit)
         try:
+            scratch = workdir / "scratch"
+            if self.caches is not None:  # a copy of the frontier's compile cache (or none)
+                self._given = self.caches.give(spec["parent"], spec["commit"], scratch / CACHE_DIR)
+            # Empty until the train phase's go (go_line): a mount or a cage rule names it,
+            # but no phase can read, let alone run, the candidate's code before its wall.
+            self._handover = (workdir / "train.py", spec["source"])
+            started = time.time()
+            # The eval process imports torch while training runs, then waits for its go,
+            # which carries the result key: it cannot be started any other way.
+            eval_argv = self._argv("eval", ["--wait", "--seed", str(spec["seed"])])
+            eval_argv += ["--test"] * self.test_split
             for phase, argv in (("train", train_argv), ("eval", eval_argv)):
-                if not self.prestart(phase, argv, workdir):
+                if phase not in self._prestarted and not self.prestart(phase, argv, workdir):
                     why = f"the {self.name} runner cannot start the {phase} phase waiting"
                     raise InfraError(why)
             return self._run(spec, workdir, emit, started, train_argv, eval_argv)
         finally:
             self.discard_prestarted()
+            if self.slots is not None:
+                remove_tree(workdir)  # its weights and candidate: the job is over
+
+    def _workdir(self, folder: Path, emit: Emit) -> Path:
+        """Where this job's phases run: the slot of the spare train process when it still
+        waits (taken as this job's), else an empty slot, or the experiment folder."""
+        if self.slots is None:
+            prepare(folder)  # a retried job finds what a dead attempt left: start empty
+            return folder
+        spare = self.slots.take(self.waiting, self.discard)
+        if spare is None:
+            return self.slots.free()
+        self._prestarted["train"] = spare.handle
+        self._spawned_at["train"] = spare.spawned_at
+        age = time.time() - spare.spawned_at
+        emit("train", f"[runner] {EARLY_LINE} ({age:.1f} s ago)")
+        return spare.slot
+
+    def _start_spare(self, workdir: Path, train_argv: list[str], emit: Emit) -> None:
+        """The next job's train process, started now in the other slot (this job's eval
+        is about to run): the next job finds it ready. One that cannot start is a line in
+        this job's log; the next job starts its own."""
+        if self.slots is None or self.slots.root is None:
+            return
+        slot = self.slots.free(busy=workdir)
+        try:
+            handle = self.start_waiting("train", train_argv, slot)
+        except InfraError as exc:
+            emit("train", f"[runner] the next train phase did not start early: {exc}")
+            return
+        if handle is not None:
+            self.slots.keep(slot, handle)
+
+    def waiting(self, handle: Any) -> bool:
+        """Whether a started phase still runs (waits for its go)."""
+        return True
+
+    def close(self) -> None:
+        """Discard the spare train process (the worker stops)."""
+        if self.slots is not None:
+            self.slots.close(self.discard)
 
     def _run(
         self,
@@ -229,8 +278,10 @@ class Runner(ABC):
         scratch = workdir / "scratch"
         budget = spec["budget"]
         train = self.run_phase("train", train_argv, workdir, budget["train_wall_s"], emit)
-        # The train process's start before its go (interpreter, torch, device): not its wall.
-        prestart_s = self._went_at["train"] - self._spawned_at["train"]
+        # The train process's start before its go (interpreter, torch, device), as far as
+        # this job waited for it: not its wall, and near 0 when the last job's eval hid it.
+        prestart_s = self._went_at["train"] - max(self._spawned_at["train"], started)
+        self._start_spare(workdir, train_argv, emit)
         fields: dict[str, Any] = {"train_phase_s": train.seconds, "prestart_s": prestart_s}
         status, error = self._classify(train, "train", budget["train_wall_s"])
         if status == Outcome.OK and not (scratch / "train.json").is_file():
@@ -293,7 +344,7 @@ class Runner(ABC):
     def harness_sha256(self) -> str:
         return mf.files_digest(self.seal)
 
-    def _argv(self, phase: str, spec: dict, extra: list[str]) -> list[str]:
+    def _argv(self, phase: str, extra: list[str]) -> list[str]:
         return [
             phase,
             "--candidate",
@@ -302,8 +353,6 @@ class Runner(ABC):
             self.data_path(),
             "--scratch",
             self.scratch_path(),
-            "--seed",
-            str(spec["seed"]),
             *extra,
         ]
 

@@ -1,6 +1,14 @@
-"""The RQ worker `autoresearch worker` runs: RQ's forking worker whose horse dies with it
-(worker/lifeline.py), and that leaves a run's jobs to other workers when its own prepared
-data or its hardware differs from the run's.
+"""The RQ worker `autoresearch worker` runs: RQ's SimpleWorker, which runs each job in
+its own process, so that its runner outlives a job and starts the next job's train process
+during the current one's eval (worker/jobs.py's HeldRunner, worker/slots.py); and that
+leaves a run's jobs to other workers when its own prepared data or its hardware differs
+from the run's.
+
+A forking worker's parent heartbeats while its horse works; this one heartbeats from a
+thread while the job runs (RQ's own `maintain_heartbeats`, every job_monitoring_interval),
+so a worker killed mid-job is found abandoned within about a minute and a half, not after
+the job's whole timeout. A SIGKILLed worker takes its phases along (their parent-death
+signal, worker/lifeline.py), the waiting one included.
 
 Every spec carries the fingerprint of the data the orchestrator scores against and, once
 the run has a baseline, the hardware signature it is pinned to (harness/hardware.py: with
@@ -10,7 +18,7 @@ signature must not score it, and must not burn the job's retries refusing it eit
 puts the job back at the front of the shared queue (also a job given to this worker alone,
 which nobody else would take from its own queue), where an idle worker that matches takes
 it at once; it says so in one log line per fingerprint or signature and pauses before
-taking a job again (in burst mode, it stops). The horse checks the fingerprint once more
+taking a job again (in burst mode, it stops). The job checks the fingerprint once more
 (worker/jobs.py).
 
 The worker publishes its signature under keys.worker_hardware_key while it lives, for
@@ -19,18 +27,22 @@ The worker publishes its signature under keys.worker_hardware_key while it lives
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
+import redis
+import rq
 import structlog
 from rq import Queue
+from rq.worker import BaseWorker, WorkerStatus
 
-from worker import keys, lifeline
+from worker import jobs, keys
 
 REFUSED_PAUSE_S = 10.0
 
 
-class Worker(lifeline.Worker):
+class Worker(rq.SimpleWorker):
     def __init__(
         self,
         *args: Any,
@@ -46,7 +58,34 @@ class Worker(lifeline.Worker):
 
     def work(self, burst: bool = False, **kwargs: Any) -> bool:
         self.burst = burst
-        return super().work(burst=burst, **kwargs)
+        with jobs.HELD.hold():  # one runner for every job; its waiting phase ends with us
+            return super().work(burst=burst, **kwargs)
+
+    # A forking worker's TTLs: the worker and its job expire a minute after the last beat.
+    get_heartbeat_ttl = BaseWorker.get_heartbeat_ttl
+
+    def _perform(self, job: Any, queue: Any) -> None:
+        """SimpleWorker.execute_job with heartbeats from a thread while the job runs."""
+        execution = self.prepare_execution(job)
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.job_monitoring_interval):
+                try:
+                    self.maintain_heartbeats(job, execution)
+                except redis.RedisError as exc:  # the next beat tries again
+                    structlog.get_logger("autoresearch").warning(
+                        "worker.heartbeat_failed", error=str(exc)
+                    )
+
+        thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+        thread.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            done.set()
+            thread.join()
+        self.set_state(WorkerStatus.IDLE)
 
     def register_birth(self) -> None:
         super().register_birth()
@@ -81,7 +120,7 @@ class Worker(lifeline.Worker):
         spec = _spec(job)
         mismatch = self.mismatch(spec)
         if mismatch is None:
-            super().execute_job(job, queue)
+            self._perform(job, queue)
             return
         # Back at the shared queue's front, also when it came from this worker's own queue
         # (a confirmation the orchestrator gave this worker): there nobody else would take it.
@@ -113,6 +152,6 @@ _WHY = {
 def _spec(job: Any) -> dict[str, Any]:
     try:
         spec = job.args[0]
-    except Exception:  # not our job's shape: the horse refuses it (contract.check_spec)
+    except Exception:  # not our job's shape: the job refuses it (contract.check_spec)
         return {}
     return spec if isinstance(spec, dict) else {}

@@ -1,4 +1,4 @@
-"""Worker settings, from the environment (the daemon sets them, the RQ work-horse reads them)."""
+"""Worker settings, from the environment (the daemon sets them, its jobs read them)."""
 
 from __future__ import annotations
 

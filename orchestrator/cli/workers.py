@@ -141,6 +141,7 @@ def _ready_runner(wsettings: Any, name: str, redis: Any, log: Any) -> str:
     to another are left to other workers (worker/serving.py)."""
     from rq.serializers import JSONSerializer
 
+    from worker import slots
     from worker.jobs import make_runner
     from worker.serving import Worker
 
@@ -150,9 +151,13 @@ def _ready_runner(wsettings: Any, name: str, redis: Any, log: Any) -> str:
         os.environ[ENV_WORKER] = name
         _publish_harness(wsettings, log)
     runner = make_runner(wsettings)  # after _publish_harness: the harness it mounts
+    live = [w.name for w in Worker.all(connection=redis, serializer=JSONSerializer)]
+    # A worker that died left its scratch slots behind (worker/slots.py), weights included.
+    swept = slots.sweep(wsettings.runs_dir, live)
+    if swept:
+        log.info("worker.slots_removed", count=len(swept), folders=[str(f) for f in swept])
     if wsettings.runner == "docker":
         # A worker that died left its containers behind; this host and GPU's are ours.
-        live = [w.name for w in Worker.all(connection=redis, serializer=JSONSerializer)]
         removed = runner.cleanup_orphans(live)
         log.info("worker.orphans_removed", count=len(removed), names=removed)
     hardware = runner.hardware()
