@@ -27,6 +27,7 @@ The worker publishes its signature under keys.worker_hardware_key while it lives
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import Any
@@ -54,6 +55,7 @@ class Worker(rq.SimpleWorker):
         self.fingerprint = fingerprint
         self.hardware = hardware
         self.refused: set[tuple[str, str]] = set()
+        self._running = False
         self.burst = False
 
     def work(self, burst: bool = False, **kwargs: Any) -> bool:
@@ -64,10 +66,19 @@ class Worker(rq.SimpleWorker):
     # A forking worker's TTLs: the worker and its job expire a minute after the last beat.
     get_heartbeat_ttl = BaseWorker.get_heartbeat_ttl
 
+    def kill_horse(self, sig: Any = None) -> None:
+        """RQ's stop-job command (from its pubsub thread) for a worker without a horse:
+        the running job gets JobStopped in the main thread, its runner's cleanup kills its
+        phases, and RQ marks it stopped, as it does when it kills a horse."""
+        if self._running and threading.current_thread() is not threading.main_thread():
+            signal.pthread_kill(threading.main_thread().ident, STOP_SIGNAL)
+
     def _perform(self, job: Any, queue: Any) -> None:
         """SimpleWorker.execute_job with heartbeats from a thread while the job runs."""
         execution = self.prepare_execution(job)
         done = threading.Event()
+        previous = signal.signal(STOP_SIGNAL, _raise_stopped)
+        self._running = True
 
         def beat() -> None:
             while not done.wait(self.job_monitoring_interval):
@@ -83,6 +94,8 @@ class Worker(rq.SimpleWorker):
         try:
             self.perform_job(job, queue, execution)
         finally:
+            self._running = False
+            signal.signal(STOP_SIGNAL, previous)
             done.set()
             thread.join()
         self.set_state(WorkerStatus.IDLE)
@@ -139,6 +152,17 @@ class Worker(rq.SimpleWorker):
             self._stop_requested = True
         else:
             time.sleep(REFUSED_PAUSE_S)
+
+
+STOP_SIGNAL = signal.SIGUSR1  # how RQ's stop-job command reaches the running job
+
+
+class JobStopped(Exception):
+    """The job was stopped on request (`rq`'s stop-job command: Ctrl-C of the run)."""
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise JobStopped("job stopped on request")
 
 
 _WHY = {
