@@ -41,7 +41,9 @@ app_image=autoresearch-app:latest
 runner_image=autoresearch-runner:latest
 
 say() { printf 'smoke: %s\n' "$*"; }
+failure=
 fail() {
+    failure=$*
     printf '\nsmoke: FAILED: %s\n' "$*" >&2
     exit 1
 }
@@ -167,10 +169,14 @@ cleanup() {
     local rc=$?
     set +e
     if [ "$rc" -ne 0 ]; then
-        for p in a b c; do
+        # The reason comes last, under a's orchestrator: a CI page often shows only the end.
+        for p in c b a; do
             say "--- project $p: service logs (last 40 lines each) ---" >&2
             "$p" logs --no-color --tail 40 >&2 2>&1
         done
+        say "--- project a: the orchestrator (last 15 lines) ---" >&2
+        a logs --no-color --tail 15 orchestrator >&2 2>&1
+        [ -z "$failure" ] || say "the failure: $failure" >&2
     fi
     for p in a b c; do
         "$p" down -v --remove-orphans --timeout 30 >/dev/null 2>&1 ||
