@@ -110,6 +110,26 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def serve_burst(
+    cwd: Path, data_dir: Path, redis_url: str, name: str = "w", timeout: int = 120, **env: str
+) -> list[dict]:
+    """`autoresearch worker --burst --name NAME` until the queue is empty: asserts that it
+    exits 0 and returns its structured log lines."""
+    import json
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "worker", "--burst", "--name", name],
+        cwd=cwd,
+        env=clean_env(AUTORESEARCH_DATA_DIR=str(data_dir), REDIS_URL=redis_url, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+
+
 def processes_under(folder: Path) -> list[int]:
     """PIDs whose working directory lies inside folder (the runner's phases run there)."""
     found = []

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 from rq import Queue, Retry
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
-from tests.conftest import clean_env
+from tests.conftest import serve_burst
 from worker import keys
 
 
@@ -26,20 +22,8 @@ def test_a_worker_with_other_data_puts_the_job_back_untouched(
     spec = {"tag": "t", "id": "0007", "fingerprint": "0123456789abcdef"}
     first = queue if given_to == "everyone" else own
     job = first.enqueue("worker.jobs.run_experiment", spec, retry=Retry(max=2))
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "worker", "--burst", "--name", "w"],
-        cwd=tmp_path,
-        env=clean_env(AUTORESEARCH_DATA_DIR=str(data_dir), REDIS_URL=redis_server.url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    refused = [
-        json.loads(line)
-        for line in proc.stderr.splitlines()
-        if line.startswith("{") and '"worker.refused"' in line
-    ]
+    events = serve_burst(tmp_path, data_dir, redis_server.url)
+    refused = [e for e in events if e["event"] == "worker.refused"]
     assert len(refused) == 1 and (refused[0]["tag"], refused[0]["id"]) == ("t", "0007")
     assert "differs from the run's 0123456789abcdef" in refused[0]["why"]
     job.refresh()
@@ -79,21 +63,14 @@ def test_a_job_pinned_to_a_signature_runs_only_on_a_worker_with_that_signature(
     free, pinned = enqueue("0001", ""), enqueue("0002", sig["A"])
 
     def serve(name: str) -> list[dict]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", "worker", "--burst", "--name", name],
-            cwd=tmp_path,
-            env=clean_env(
-                AUTORESEARCH_DATA_DIR=str(data_dir),
-                AUTORESEARCH_RUNNER="simulate",
-                AUTORESEARCH_SIM_HARDWARE=sig[name],
-                REDIS_URL=redis_server.url,
-            ),
-            capture_output=True,
-            text=True,
-            timeout=120,
+        return serve_burst(
+            tmp_path,
+            data_dir,
+            redis_server.url,
+            name,
+            AUTORESEARCH_RUNNER="simulate",
+            AUTORESEARCH_SIM_HARDWARE=sig[name],
         )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
 
     by_b = serve("B")  # burst: it stops at the job it refuses
     assert [e["hardware"] for e in by_b if e["event"] == "worker.hardware"] == [sig["B"]]
