@@ -4,17 +4,15 @@ running two queued jobs in its own process."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from tests.conftest import SHORT_BUDGET, SHOW_PROCESS, clean_env, processes_under, shown_process
+from tests.conftest import SHORT_BUDGET, SHOW_PROCESS, processes_under, serve_burst, shown_process
 from worker import contract, keys
 from worker.process_runner import ProcessRunner
 from worker.runner import EARLY_LINE
@@ -123,15 +121,7 @@ def test_a_worker_runs_the_next_job_in_the_train_process_it_started_early(
         queue.enqueue(contract.JOB_FUNC, _spec(i, seed=int(i == "2"), fingerprint=fingerprint))
         for i in ("1", "2")
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "worker", "--burst", "--name", "w"],
-        cwd=tmp_path,
-        env=clean_env(AUTORESEARCH_DATA_DIR=str(data_dir), REDIS_URL=redis_server.url),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = serve_burst(tmp_path, data_dir, redis_server.url, timeout=240)
     results = [job.latest_result().return_value for job in jobs]
     assert [r["status"] for r in results] == ["ok", "ok"], results
     logs = [(runs / i / "output.log").read_text() for i in ("1", "2")]
@@ -141,5 +131,35 @@ def test_a_worker_runs_the_next_job_in_the_train_process_it_started_early(
     assert processes_under(runs) == []
     assert [p.name for p in (runs / ".slots").iterdir()] == ["w"]  # the dead one's removed
     assert not any((runs / ".slots" / "w").iterdir())
-    events = [json.loads(x) for x in proc.stderr.splitlines() if x.startswith("{")]
     assert [e["id"] for e in events if e["event"] == "experiment.end"] == ["1", "2"]
+
+
+def test_a_stopping_worker_discards_its_waiting_process_before_it_talks_to_redis(
+    redis_client, data_dir, tmp_path
+):
+    """RQ's teardown talks to Redis, which may be gone by then (a joining host's workers
+    outlive the run's Redis) and may hang until the engine kills the worker: the waiting
+    train process is discarded first, so a teardown that fails leaves nothing behind."""
+    import socket
+
+    import redis
+
+    from worker import jobs, serving
+    from worker.settings import WorkerSettings
+
+    with socket.socket() as s:  # a port nothing listens on: a Redis that is gone
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = serving.Worker([keys.QUEUE_NAME], connection=redis_client, serializer=JSONSerializer)
+    worker.connection = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=2)
+    with jobs.HELD.hold():
+        runner = jobs.HELD.get(WorkerSettings(data_dir, tmp_path / "runs"), "w", "t")
+        assert isinstance(runner, ProcessRunner) and runner.slots is not None
+        first, _ = _run(runner, tmp_path, "1", seed=0)
+        assert first["status"] == "ok", first["log_tail"]
+        spare = runner.slots.spare
+        assert spare is not None and spare.handle.poll() is None
+        with pytest.raises(redis.ConnectionError):
+            worker.teardown()
+        assert spare.handle.poll() is not None and jobs.HELD.runner is None
+        assert processes_under(tmp_path / "runs") == [] and not spare.slot.exists()

@@ -71,6 +71,7 @@ class HeldRunner:
         runner, self.runner = self.runner, None
         if runner is not None:
             runner.close()
+            structlog.get_logger("autoresearch").info("worker.runner_closed")
 
     @contextmanager
     def hold(self) -> Iterator[None]:

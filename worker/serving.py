@@ -100,6 +100,13 @@ class Worker(rq.SimpleWorker):
             thread.join()
         self.set_state(WorkerStatus.IDLE)
 
+    def teardown(self) -> None:
+        """The waiting train phase goes first: RQ's own teardown talks to Redis, which may
+        be gone already (a joining host's workers outlive the run's Redis) and may hang
+        until the engine kills the worker, which would leave that phase's container."""
+        jobs.HELD.close()
+        super().teardown()
+
     def register_birth(self) -> None:
         super().register_birth()
         self._publish()
