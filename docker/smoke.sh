@@ -332,8 +332,9 @@ for p in a b c; do
 done
 left=
 for host in "$engine_host" smoke-b smoke-c; do
-    left+=$(docker ps -aq --filter label=autoresearch.host="$host")
+    left+=$(docker ps -a --filter label=autoresearch.host="$host" \
+        --format ' {{.Names}} (worker {{.Label "autoresearch.worker"}}, {{.Status}})')
 done
-[ -z "$left" ] || fail "candidate containers left behind: $(echo $left)"
+[ -z "$left" ] || fail "candidate containers left behind:$left"
 say "ok: down in $(took "$down_s"), no candidate container left"
 say "wall time: images $build_took s, run $run_s s (first 'up' to the orchestrator's exit), $(took "$start_s") in all"
